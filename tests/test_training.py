@@ -1,0 +1,99 @@
+"""Fine-tune the tiny BERT end to end: loss falls, the export reloads, evaluate agrees."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.conftest import REPO
+
+METRIC_FIELDS = {"accuracy", "f1", "precision", "recall", "confusion_matrix", "eval_loss",
+                 "train_time_s", "train_samples_per_s", "base_model", "max_length", "preset",
+                 "data_source", "split_sizes", "seed", "library_versions", "validation_split"}
+
+
+def test_training_loss_goes_down(tiny_run):
+    checkpoint = sorted((tiny_run / "checkpoints").glob("checkpoint-*"))[-1]
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) >= 4
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2
+
+
+def test_export_reloads_with_labels(tiny_run):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.config.label2id == {"negative": 0, "positive": 1}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
+    assert tokenizer("great movie")["input_ids"][0] == tokenizer.cls_token_id
+    assert (tiny_run / "curves.png").stat().st_size > 1000
+
+
+def test_metrics_report_has_every_field(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert METRIC_FIELDS <= set(metrics)
+    assert metrics["split_sizes"] == {"train": 96, "validation": 24}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 24
+    assert metrics["accuracy"] >= 0.75  # the synthetic cue words are easy to learn
+    assert {"torch", "transformers", "datasets"} <= set(metrics["library_versions"])
+
+
+def test_evaluate_reproduces_training_accuracy(tiny_run):
+    from training.evaluate import main
+    trained = json.loads((tiny_run / "metrics.json").read_text())
+    scored = main(["--model", str(tiny_run), "--split", "validation"])
+    assert scored["samples"] == 24
+    assert scored["accuracy"] == trained["accuracy"]
+    assert scored["confusion_matrix"] == trained["confusion_matrix"]
+    assert scored["eval_loss"] == pytest.approx(trained["eval_loss"], abs=1e-3)
+    assert json.loads((tiny_run / "eval-validation.json").read_text())["accuracy"] == scored["accuracy"]
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):
+    from tests.conftest import train_tiny
+    output = tmp_path / "resumed"
+    train_tiny(tiny_base_model, reviews_dir, output, "--epochs", "1")
+    metrics = train_tiny(tiny_base_model, reviews_dir, output, "--epochs", "2", "--resume")
+    states = sorted((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert int(states[-1].name.split("-")[1]) == 2 * 12  # 96 reviews / batch 8 = 12 steps per epoch
+    assert metrics["accuracy"] >= 0
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "wrong-columns", "bad-labels", "unknown-model",
+                                  "unwritable-output"])
+def test_training_cli_rejects_bad_input(case, tiny_base_model, reviews_dir, tmp_path):
+    data, base, output = str(reviews_dir), str(tiny_base_model), str(tmp_path / "out")
+    if case == "missing-dir":
+        data = str(tmp_path / "no-such-dir")
+    elif case in ("wrong-columns", "bad-labels"):
+        frame = (pd.DataFrame({"review": ["x"] * 8, "label": [0, 1] * 4}) if case == "wrong-columns"
+                 else pd.DataFrame({"text": ["x"] * 8, "label": [0, 1, 2, 5] * 2}))
+        frame.to_parquet(tmp_path / "train.parquet")
+        data = str(tmp_path)
+    elif case == "unknown-model":
+        base = str(tmp_path / "no-such-model")
+    else:
+        (tmp_path / "a-file").write_text("x")
+        output = str(tmp_path / "a-file" / "out")
+    result = run_cli("training", "--data", data, "--base-model", base, "--output-dir", output,
+                     "--max-length", "32", "--validation-size", "4", "--precision", "fp32")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    expected = {"missing-dir": "does not exist", "wrong-columns": "lacks column",
+                "bad-labels": "expected 0=negative", "unknown-model": "cannot load base model",
+                "unwritable-output": "not writable"}[case]
+    assert last.startswith("error:") and expected in last, result.stderr[-2000:]
+
+
+def test_archive_rejects_incomplete_run_dir(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_cli("training.archive", str(tmp_path), "--model-store", str(tmp_path / "store"))
+    assert result.returncode != 0
+    assert "incomplete" in result.stderr and "model.safetensors" in result.stderr

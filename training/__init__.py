@@ -1,0 +1,1 @@
+"""Fine-tune a BERT-family encoder on IMDB reviews and export a serving-ready run directory."""
