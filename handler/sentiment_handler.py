@@ -61,6 +61,8 @@ class SentimentHandler(BaseHandler):
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)  # local files only, never a hub
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        # never ask for more positions than the encoder has (a small model may have < 256)
+        self.max_length = min(self.max_length, model.config.max_position_embeddings)
         self.model, self.autocast_dtype = self.prepare_model(model.eval(), precision)
         self.id2label = {int(i): label for i, label in model.config.id2label.items()}
         self.precision = precision
@@ -102,14 +104,15 @@ class SentimentHandler(BaseHandler):
                 results = self.predict(texts)
             except Exception:  # keep the worker alive; say what failed without the texts
                 logger.exception("inference failed for a batch of %d texts", len(texts))
+                results = None
                 for idx in batched:
                     responses[idx] = self.error(context, idx, 500, "inference failed")
-                return responses
-            per_request = {idx: [] for idx in batched}
-            for (idx, _), result in zip(owners, results):
-                per_request[idx].append(result)
-            for idx, answers in per_request.items():
-                responses[idx] = json.dumps(answers if batched[idx] else answers[0])
+            if results is not None:
+                per_request = {idx: [] for idx in batched}
+                for (idx, _), result in zip(owners, results):
+                    per_request[idx].append(result)
+                for idx, answers in per_request.items():
+                    responses[idx] = json.dumps(answers if batched[idx] else answers[0])
 
         self.metric("HandlerInferenceTime", MetricTypes.GAUGE,
                     (time.perf_counter() - started) * 1000)
