@@ -61,7 +61,7 @@ def main(argv=None) -> Path:
         extra += [str(path) for path in args.run_dir.glob("special_tokens_map.json")]
         extra += [str(args.run_dir / "metrics.json"), staging]
         command = [
-            sys.executable, "-m", "model_archiver.model_packaging",
+            str(Path(sys.executable).parent / "torch-model-archiver"),
             "--model-name", args.model_name,
             "--version", archive_version(args.run_dir, metrics),
             "--serialized-file", str(args.run_dir / "model.safetensors"),
