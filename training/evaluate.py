@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     metrics["eval_loss"] = torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(),
                                                          labels).item()
     metrics.update({"split": args.split, "samples": len(dataset), "data_source": data,
-                    "max_length": max_length, "precision": args.precision,
+                    "max_length": max_length, "inference_precision": args.precision,
                     "reviews_per_s": round(len(dataset) / elapsed, 1)})
     output = args.output or args.model / f"eval-{args.split}.json"
     output.write_text(json.dumps(metrics, indent=2) + "\n")
