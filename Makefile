@@ -8,7 +8,7 @@ DATA ?= stanfordnlp/imdb
 RUN ?= runs/$(PRESET)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help up down install test test-fast train evaluate archive serve stop bench soak
+.PHONY: help up down install tools test test-fast train evaluate archive serve stop bench soak
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,12 @@ up:  ## build and start the service with docker-compose (first run trains the qu
 down:  ## stop the docker-compose stack
 	docker-compose down
 
-test: install  ## the whole test suite (TorchServe and Docker tests included)
+tools:  ## Debian packages the tests use (prometheus); installs them when run as root
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || echo "prometheus is not installed: its test will skip"
+
+test: install tools  ## the whole test suite (TorchServe, Prometheus and Docker tests included)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only: no TorchServe, no Docker
