@@ -1,5 +1,6 @@
 """Integration: the archived tiny model on a real TorchServe process (loopback, free ports)."""
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -123,8 +124,13 @@ def test_describe_and_scale_workers(torchserve):
     workers = torchserve.describe()["workers"]
     assert len(workers) == 2 and all(w["status"] == "READY" for w in workers)
     assert predict(torchserve, "superb").status_code == 200
-    response = requests.put(f"{url}?min_worker=1&max_worker=1&synchronous=true", timeout=180)
-    assert response.status_code == 200, response.text
+    # TorchServe 0.12 may answer a synchronous scale-down with a spurious 500 although it
+    # scales down, so scale down asynchronously and watch describe
+    response = requests.put(f"{url}?min_worker=1&max_worker=1", timeout=60)
+    assert response.status_code in (200, 202), response.text
+    deadline = time.monotonic() + 60
+    while len(torchserve.describe()["workers"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(torchserve.describe()["workers"]) == 1
 
 
