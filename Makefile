@@ -23,7 +23,7 @@ install: $(VENV)/.installed  ## create .venv with the pinned dependencies
 
 up:  ## build and start the service with docker-compose (first run trains the quick model)
 	docker-compose up -d --build
-	@echo "try: curl -X POST 127.0.0.1:8080/predictions/bert_sentiment -d 'great movie'"
+	@echo "try: curl -X POST 127.0.0.1:8080/predictions/bert_sentiment -H 'Content-Type: text/plain' -d 'great movie'"
 
 down:  ## stop the docker-compose stack
 	docker-compose down
@@ -55,3 +55,14 @@ serve: install  ## start TorchServe natively on model_store/ (127.0.0.1:8080/808
 
 stop:  ## stop the native TorchServe
 	PATH=$(abspath $(VENV))/bin:$$PATH torchserve --stop
+
+.PHONY: faults
+soak: install  ## soak test, 10 min at 80% of capacity on a private TorchServe: make soak [SOAK_ARGS="--duration 120"]
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/soak.py --store model_store $(SOAK_ARGS)
+
+faults: install  ## fault injection (full queue, hung and killed worker, bad archives) on the tiny model
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_faults.py -s -q $(PYTEST_ARGS)
+
+IMDB_DATA_DIR ?= ../shared/data/imdb
+bench: install  ## benchmark: seed baseline vs in-process limit vs TorchServe configs (~15 min; BENCH_ARGS=--quick)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.run --run $(RUN) --data $(IMDB_DATA_DIR) $(BENCH_ARGS)

@@ -15,6 +15,20 @@ if [ ! -f "$store/bert_sentiment.mar" ] && [ -z "${SERVE_ALLOW_EMPTY_STORE:-}" ]
     exit 1
 fi
 
+# TorchServe's own messages for a damaged archive are obscure: say it plainly and stop.
+python - "$store/bert_sentiment.mar" <<'PY' || exit 1
+import sys, zipfile
+path = sys.argv[1]
+try:
+    archive = zipfile.ZipFile(path)
+    broken = archive.testzip()
+    manifest = "MAR-INF/MANIFEST.json" in archive.namelist()
+except (OSError, zipfile.BadZipFile) as error:
+    sys.exit(f"serve: {path} is not a valid model archive ({error})")
+if broken or not manifest:
+    sys.exit(f"serve: {path} is damaged ({'corrupt member ' + broken if broken else 'no MAR-INF/MANIFEST.json'})")
+PY
+
 # A `docker restart` keeps /tmp: drop the launcher's pid file from the previous run, or it
 # may take an unrelated process for a TorchServe that is still running.
 rm -f "${TMPDIR:-/tmp}/.model_server.pid"

@@ -86,38 +86,49 @@ class SentimentHandler(BaseHandler):
         self.context = context
         started = time.perf_counter()
         responses = [None] * len(data)
-        texts, owners = [], []  # owners[i]: (request index, position in that request)
-        batched = {}
+        valid = {}  # request index -> ParsedRequest
         for idx, request in enumerate(data):
             context.set_response_content_type(idx, "application/json")
             try:
-                parsed = parse_request(request, self.content_type(context, idx))
+                valid[idx] = parse_request(request, self.content_type(context, idx),
+                                           self.limits)
             except RequestError as err:
                 responses[idx] = self.error(context, idx, err.code, str(err))
-                continue
-            batched[idx] = parsed.batched
-            owners += [(idx, pos) for pos in range(len(parsed.texts))]
-            texts += parsed.texts
+            except Exception:  # a parsing bug must not fail the other requests of the batch
+                logger.exception("could not parse request %s", context.get_request_id(idx))
+                responses[idx] = self.error(context, idx, 400, "request could not be parsed")
 
-        if texts:
-            try:
-                results = self.predict(texts)
-            except Exception:  # keep the worker alive; say what failed without the texts
-                logger.exception("inference failed for a batch of %d texts", len(texts))
-                results = None
-                for idx in batched:
+        try:
+            answers = self.answer(valid)
+        except Exception:  # one odd text must not fail the batch: retry each request alone
+            logger.exception("inference failed for a batch of %d requests", len(valid))
+            answers = {}
+            for idx in valid:
+                try:
+                    answers.update(self.answer({idx: valid[idx]}))
+                except Exception:  # keep the worker alive; never log the texts
+                    logger.exception("inference failed for request %s",
+                                     context.get_request_id(idx))
                     responses[idx] = self.error(context, idx, 500, "inference failed")
-            if results is not None:
-                per_request = {idx: [] for idx in batched}
-                for (idx, _), result in zip(owners, results):
-                    per_request[idx].append(result)
-                for idx, answers in per_request.items():
-                    responses[idx] = json.dumps(answers if batched[idx] else answers[0])
+        for idx, answer in answers.items():
+            responses[idx] = answer
 
         self.metric("HandlerInferenceTime", MetricTypes.GAUGE,
                     (time.perf_counter() - started) * 1000)
         self.metric("RequestsPerBatch", MetricTypes.HISTOGRAM, len(data))
         return responses
+
+    def answer(self, requests: dict) -> dict:
+        """Score every text of the given requests in one pass; a JSON answer per request."""
+        texts = [text for parsed in requests.values() for text in parsed.texts]
+        if not texts:
+            return {}
+        results = iter(self.predict(texts))
+        answers = {}
+        for idx, parsed in requests.items():
+            mine = [next(results) for _ in parsed.texts]
+            answers[idx] = json.dumps(mine if parsed.batched else mine[0])
+        return answers
 
     def predict(self, texts: list[str]) -> list[dict]:
         encoded = encode_reviews(self.tokenizer, texts, self.max_length)

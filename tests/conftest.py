@@ -109,10 +109,15 @@ class TorchServe:
         self.inference = f"http://127.0.0.1:{self.ports['inference']}"
         self.management = f"http://127.0.0.1:{self.ports['management']}"
         self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        # nothing shared with another TorchServe on this machine (a developer's `make serve`):
+        # gRPC ports, the launcher's pid file ($TMPDIR) and the worker sockets ($TEMP)
+        overrides.setdefault("grpc_inference_port", free_port())
+        overrides.setdefault("grpc_management_port", free_port())
         config = workdir / "config.properties"
         config.write_text(server_config(store, self.ports, **overrides))
         env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-        env.update(LOG_LOCATION=str(workdir / "logs"), METRICS_LOCATION=str(workdir / "logs"))
+        env.update(LOG_LOCATION=str(workdir / "logs"), METRICS_LOCATION=str(workdir / "logs"),
+                   TMPDIR=str(workdir), TEMP=str(workdir))
         torchserve = Path(sys.executable).parent / "torchserve"
         self.process = subprocess.Popen(
             [str(torchserve), "--start", "--foreground", "--ncs", "--disable-token-auth",

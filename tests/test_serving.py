@@ -35,11 +35,26 @@ def test_plain_text_request(torchserve):
     assert_prediction(response.json())
 
 
-def test_curl_style_form_body_is_one_review(torchserve):
+def test_body_without_content_type_is_one_review(torchserve):
     response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
-                             data="great movie", timeout=30)  # like curl -d "great movie"
+                             data="great movie", timeout=30)  # requests sends no Content-Type
     assert response.status_code == 200, response.text
     assert_prediction(response.json())
+
+
+def test_form_field_text_is_one_review(torchserve):
+    response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
+                             data={"text": "great movie & superb actors"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_bare_curl_form_body_gets_advice(torchserve):
+    response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
+                             data="great movie", timeout=30,  # what curl -d 'great movie' sends
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400
+    assert "Content-Type: text/plain" in response.json()["error"]
 
 
 def test_json_text_request(torchserve):
