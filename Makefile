@@ -58,7 +58,7 @@ stop:  ## stop the native TorchServe
 
 .PHONY: faults
 soak: install  ## soak test, 10 min at 80% of capacity on a private TorchServe: make soak [SOAK_ARGS="--duration 120"]
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/soak.py --store model_store $(SOAK_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.soak --store model_store $(SOAK_ARGS)
 
 faults: install  ## fault injection (full queue, hung and killed worker, bad archives) on the tiny model
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_faults.py -s -q $(PYTEST_ARGS)

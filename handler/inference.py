@@ -42,11 +42,14 @@ def predict_probabilities(model, encoded: dict, pad_token_id: int, token_budget:
     """Class probabilities (float32, on the CPU) for every encoded text, in input order."""
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    probabilities = torch.empty(len(lengths), model.config.num_labels, dtype=torch.float32,
-                                device=device)
+    order, parts = [], []
     for indices in micro_batches(lengths, token_budget, max_batch):
         inputs = pad_batch(encoded, indices, pad_token_id, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(**inputs).logits
-        probabilities[torch.tensor(indices, device=device)] = logits.float().softmax(dim=-1)
-    return probabilities.cpu()  # one device-to-host copy for the whole batch
+        parts.append(logits.float().softmax(dim=-1))
+        order += indices
+    probabilities = torch.empty(len(lengths), model.config.num_labels, dtype=torch.float32)
+    if parts:  # one device-to-host copy for the whole batch, then back to input order
+        probabilities[torch.tensor(order)] = torch.cat(parts).cpu()
+    return probabilities

@@ -76,7 +76,12 @@ class SentimentHandler(BaseHandler):
         if precision == "fp32":
             return model, None
         if precision in ("bf16", "fp16"):
-            return model, torch.bfloat16 if precision == "bf16" else torch.float16
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            if self.device.type == "cuda":
+                # half weights once on the GPU: half the memory, no per-forward weight casts;
+                # autocast still keeps layer norm and softmax in fp32
+                model = model.to(dtype=dtype)
+            return model, dtype
         if precision == "int8" and self.device.type == "cpu":
             from torch.ao.quantization import quantize_dynamic
             return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), None

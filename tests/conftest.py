@@ -11,6 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from benchmarks.launcher import TorchServe  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 POSITIVE = ["great", "wonderful", "loved", "brilliant", "superb", "moving"]
 NEGATIVE = ["awful", "boring", "hated", "terrible", "dull", "waste"]
@@ -71,106 +73,21 @@ def tiny_run(tiny_base_model, reviews_dir, tmp_path_factory) -> Path:
     return output
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_config(store: Path, ports: dict, **overrides) -> str:
-    """serving/config.properties with loopback test ports, the test model store and overrides."""
-    settings = {
-        "inference_address": f"http://127.0.0.1:{ports['inference']}",
-        "management_address": f"http://127.0.0.1:{ports['management']}",
-        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
-        "model_store": str(store),
-        "metrics_config": str(REPO / "serving" / "metrics.yaml"),
-        **{key: str(value) for key, value in overrides.items()},
-    }
-    lines = []
-    for line in (REPO / "serving" / "config.properties").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if key in settings:
-            line = f"{key}={settings.pop(key)}"
-        lines.append(line)
-    lines += [f"{key}={value}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-class TorchServe:
-    """A real TorchServe process on free loopback ports, in its own process group."""
-
-    def __init__(self, workdir: Path, store: Path, **overrides):
-        import subprocess
-        import sys
-        self.workdir = workdir
-        self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
-        self.inference = f"http://127.0.0.1:{self.ports['inference']}"
-        self.management = f"http://127.0.0.1:{self.ports['management']}"
-        self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
-        # nothing shared with another TorchServe on this machine (a developer's `make serve`):
-        # gRPC ports, the launcher's pid file ($TMPDIR) and the worker sockets ($TEMP)
-        overrides.setdefault("grpc_inference_port", free_port())
-        overrides.setdefault("grpc_management_port", free_port())
-        config = workdir / "config.properties"
-        config.write_text(server_config(store, self.ports, **overrides))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-        env.update(LOG_LOCATION=str(workdir / "logs"), METRICS_LOCATION=str(workdir / "logs"),
-                   TMPDIR=str(workdir), TEMP=str(workdir))
-        torchserve = Path(sys.executable).parent / "torchserve"
-        self.process = subprocess.Popen(
-            [str(torchserve), "--start", "--foreground", "--ncs", "--disable-token-auth",
-             "--ts-config", str(config), "--model-store", str(store)],
-            cwd=workdir, env=env, stdout=open(workdir / "stdout.log", "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 180) -> float:
-        """Seconds until /ping is healthy and the model answers describe with a READY worker."""
-        import time
-        import requests
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited: {self.log_tail()}")
-            try:
-                if requests.get(f"{self.inference}/ping", timeout=2).status_code == 200 and \
-                        any(w["status"] == "READY" for w in self.describe()["workers"]):
-                    return time.monotonic() - started
-            except (requests.ConnectionError, requests.Timeout, KeyError, IndexError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"TorchServe not ready after {timeout} s: {self.log_tail()}")
-
-    def describe(self) -> dict:
-        import requests
-        return requests.get(f"{self.management}/models/bert_sentiment", timeout=10).json()[0]
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = ""
-        for name in ("stdout.log", "logs/ts_log.log", "logs/model_log.log"):
-            path = self.workdir / name
-            if path.is_file():
-                text += f"\n--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        return text
-
-    def stop(self) -> None:
-        import signal
-        import subprocess
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture(scope="session")
 def tiny_archive(tiny_run, tmp_path_factory) -> Path:
-    """model_store/bert_sentiment.mar built from the tiny run with training.archive."""
+    """bert_sentiment.mar built from the tiny run with training.archive, with the shipped
+    model-config.yaml but fp32 on the CPU, so answers can be compared exactly with offline
+    fp32 scores (bf16's accuracy is checked on real reviews by benchmarks/accuracy.py)."""
+    import yaml
+
     from training.archive import main
-    return main([str(tiny_run), "--model-store", str(tmp_path_factory.mktemp("model_store"))])
+    workdir = tmp_path_factory.mktemp("model_store")
+    settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    settings["handler"]["cpu_precision"] = "fp32"
+    config = workdir / "model-config.yaml"
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return main([str(tiny_run), "--model-store", str(workdir / "store"), "--config-file",
+                 str(config)])
 
 
 @pytest.fixture(scope="session")

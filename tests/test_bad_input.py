@@ -9,7 +9,6 @@ import asyncio
 import gzip
 import http.server
 import json
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.conftest import TorchServe, free_port
+from tests.conftest import TorchServe
 
 pytestmark = pytest.mark.serve
 MAX_REQUEST_SIZE = 2_097_152  # serving/config.properties

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from tests.test_bad_input import isolated_server, workers
+from tests.test_bad_input import isolated_server
 
 pytestmark = pytest.mark.serve
 BATCH_SIZE, RESPONSE_TIMEOUT, QUEUE = 4, 3, 8
@@ -202,18 +202,8 @@ def test_worker_killed_under_load(server):
 
 def start_without_waiting(workdir, store):
     """A server on an unusable store: nothing becomes READY, so do not wait_ready."""
-    from tests.conftest import TorchServe, free_port
-    saved = {key: os.environ.get(key) for key in ("TMPDIR", "TEMP")}
-    os.environ.update(TMPDIR=str(workdir), TEMP=str(workdir))
-    try:
-        return TorchServe(workdir, store, grpc_inference_port=free_port(),
-                          grpc_management_port=free_port())
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    from benchmarks.launcher import TorchServe
+    return TorchServe(workdir, store)
 
 
 def model_ready(server) -> bool:

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import free_port
+from benchmarks.launcher import free_port
 
 pytestmark = pytest.mark.serve
 

@@ -1,0 +1,63 @@
+"""Accuracy cost of each CPU serving precision on held-out reviews (the validation split carved
+from train exactly as training carved it), scored with the serving code path and the handler's
+own precision preparation. fp32 is the reference.
+
+    python -m benchmarks.accuracy --model runs/quick --data $IMDB_DATA_DIR --samples 2000
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
+                        precisions=PRECISIONS, max_length: int | None = None) -> dict:
+    import torch
+
+    from benchmarks.inprocess import prepare
+    from benchmarks.texts import load_split
+    run = json.loads((Path(run_dir) / "metrics.json").read_text())
+    texts, labels = load_split(data, samples, run.get("validation_size", 2000),
+                               run.get("seed", 42))
+    max_length = max_length or run.get("max_length", 256)
+    results, reference = {}, None
+    for precision in precisions:
+        model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
+        started = time.perf_counter()
+        chunks = []
+        for start in range(0, len(texts), 64):
+            from benchmarks.inprocess import score
+            chunks.append(score(model, tokenizer, texts[start:start + 64],
+                                min(max_length, positions), autocast_dtype, 64))
+        predicted = torch.cat(chunks).argmax(-1)
+        accuracy = (predicted == torch.tensor(labels)).float().mean().item()
+        entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
+                 "seconds": round(time.perf_counter() - started, 1)}
+        if reference is None:
+            reference = (precision, accuracy, predicted)
+        else:
+            entry["delta_points_vs_" + reference[0]] = round((accuracy - reference[1]) * 100, 2)
+            entry["agreement_with_" + reference[0]] = round(
+                (predicted == reference[2]).float().mean().item(), 4)
+        results[precision] = entry
+        print(precision, json.dumps(entry), flush=True)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="run directory")
+    parser.add_argument("--data", help="parquet directory (default: $IMDB_DATA_DIR)")
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    args = parser.parse_args(argv)
+    results = evaluate_precisions(args.model, args.data, args.samples,
+                                  args.precisions.split(","))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

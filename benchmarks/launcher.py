@@ -1,0 +1,165 @@
+"""Start servers on free loopback ports for the benchmark: TorchServe (configured like
+tests/conftest.py's `TorchServe`: serving/config.properties with loopback ports and the given
+model store) and the seed-style Flask baseline. Each runs in its own process group so `stop`
+ends it and all its children, and nothing else."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "bert_sentiment"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_config(store: Path, ports: dict, **overrides) -> str:
+    """serving/config.properties with loopback ports, the given model store and overrides."""
+    settings = {
+        "inference_address": f"http://127.0.0.1:{ports['inference']}",
+        "management_address": f"http://127.0.0.1:{ports['management']}",
+        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+        "model_store": str(store),
+        "metrics_config": str(REPO / "serving" / "metrics.yaml"),
+        **{key: str(value) for key, value in overrides.items()},
+    }
+    lines = []
+    for line in (REPO / "serving" / "config.properties").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key in settings:
+            line = f"{key}={settings.pop(key)}"
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Server:
+    """A child process in its own session, with a log file and a health check."""
+    process: subprocess.Popen
+    workdir: Path
+    log_name = "stdout.log"
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = ""
+        for name in (self.log_name, "logs/ts_log.log", "logs/model_log.log"):
+            path = self.workdir / name
+            if path.is_file():
+                text += f"\n--- {name}\n" + "\n".join(
+                    path.read_text(errors="replace").splitlines()[-lines:])
+        return text
+
+    def wait_for_prediction(self, timeout: float = 180, started: float | None = None) -> float:
+        """Seconds from `started` (default: now) until one POST of a review gets a 200."""
+        import requests
+        started = time.monotonic() if started is None else started
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_tail()}")
+            try:
+                response = requests.post(self.url, data=b"A wonderful, moving film.",
+                                         headers={"Content-Type": "text/plain"}, timeout=30)
+                if response.status_code == 200:
+                    return time.monotonic() - started
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"no successful prediction after {timeout} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class TorchServe(Server):
+    """A real TorchServe on free loopback ports serving `store`/bert_sentiment.mar. It shares
+    nothing with another TorchServe on the machine (a developer's `make serve`): gRPC ports,
+    the launcher's pid file ($TMPDIR) and the worker sockets ($TEMP) are its own."""
+
+    def __init__(self, workdir: Path, store: Path, **overrides):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
+        self.inference = f"http://127.0.0.1:{self.ports['inference']}"
+        self.management = f"http://127.0.0.1:{self.ports['management']}"
+        self.metrics = f"http://127.0.0.1:{self.ports['metrics']}"
+        self.url = f"{self.inference}/predictions/{MODEL_NAME}"
+        overrides.setdefault("grpc_inference_port", free_port())
+        overrides.setdefault("grpc_management_port", free_port())
+        store = Path(store).resolve()
+        config = self.workdir / "config.properties"
+        config.write_text(server_config(store, self.ports, **overrides))
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
+        env.update(LOG_LOCATION=str(self.workdir / "logs"),
+                   METRICS_LOCATION=str(self.workdir / "logs"), HF_HUB_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false", TMPDIR=str(self.workdir),
+                   TEMP=str(self.workdir))
+        torchserve = Path(sys.executable).parent / "torchserve"
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [str(torchserve), "--start", "--foreground", "--ncs", "--disable-token-auth",
+             "--ts-config", str(config), "--model-store", str(store)],
+            cwd=self.workdir, env=env, stdout=open(self.workdir / self.log_name, "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cold_start(self, timeout: float = 180) -> float:
+        """Seconds from process start to the first successful prediction."""
+        return self.wait_for_prediction(timeout, started=self.started)
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        """Seconds until /ping is healthy and the model has a READY worker."""
+        import requests
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.inference}/ping", timeout=2).status_code == 200 and \
+                        any(w["status"] == "READY" for w in self.describe()["workers"]):
+                    return time.monotonic() - started
+            except (requests.RequestException, KeyError, IndexError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"TorchServe not ready after {timeout} s: {self.log_tail()}")
+
+    def describe(self) -> dict:
+        import requests
+        return requests.get(f"{self.management}/models/{MODEL_NAME}", timeout=10).json()[0]
+
+
+class SeedBaseline(Server):
+    """benchmarks/seed_baseline.py (Flask, threaded) on a free loopback port."""
+
+    def __init__(self, workdir: Path, model_dir: Path, max_length: int = 256):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/predict"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.seed_baseline", "--model", str(model_dir),
+             "--host", "127.0.0.1", "--port", str(self.port), "--max-length", str(max_length)],
+            cwd=REPO, env=env, stdout=open(self.workdir / self.log_name, "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cold_start(self, timeout: float = 180) -> float:
+        return self.wait_for_prediction(timeout, started=self.started)
