@@ -5,7 +5,6 @@ model.safetensors, config.json (id2label), tokenizer files, metrics.json and cur
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
