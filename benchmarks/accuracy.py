@@ -18,6 +18,7 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
 
     from benchmarks.inprocess import prepare
     from benchmarks.texts import load_split
+    from training.evaluate import score_texts
     run = json.loads((Path(run_dir) / "metrics.json").read_text())
     texts, labels = load_split(data, samples, run.get("validation_size", 2000),
                                run.get("seed", 42))
@@ -26,12 +27,8 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
     for precision in precisions:
         model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
         started = time.perf_counter()
-        chunks = []
-        for start in range(0, len(texts), 64):
-            from benchmarks.inprocess import score
-            chunks.append(score(model, tokenizer, texts[start:start + 64],
-                                min(max_length, positions), autocast_dtype, 64))
-        predicted = torch.cat(chunks).argmax(-1)
+        predicted = score_texts(model, tokenizer, texts, min(max_length, positions),
+                                autocast_dtype, chunk=64).argmax(-1)
         accuracy = (predicted == torch.tensor(labels)).float().mean().item()
         entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
                  "seconds": round(time.perf_counter() - started, 1)}
