@@ -8,18 +8,30 @@ DATA ?= stanfordnlp/imdb
 RUN ?= runs/$(PRESET)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help up down install tools test test-fast train evaluate archive serve stop bench soak
+.PHONY: help up down install lock tools test test-fast train evaluate archive serve stop bench soak test-gpu bench-gpu
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: pyproject.toml
+# torch's wheel (and so its hash) depends on where it comes from (PyPI's CUDA build, a CPU
+# build): it is installed from its pyproject.toml pin; everything else from the locks, hashed.
+TORCH_PIN = $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the pinned dependencies
+install: $(VENV)/.installed  ## create .venv from the lock files (every package pinned, with hashes)
+
+PIP_COMPILE = .venv-lock/bin/pip-compile --quiet --generate-hashes --strip-extras \
+	--unsafe-package torch --no-emit-index-url --no-emit-find-links
+lock:  ## refresh requirements.lock (runtime: the image) and requirements-dev.lock (+ test, bench) from pyproject.toml
+	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet pip-tools==7.6.2
+	$(PIP_COMPILE) --upgrade -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra test --extra bench --constraint requirements.lock -o requirements-dev.lock pyproject.toml
 
 up:  ## build and start the service with docker-compose (first run trains the quick model)
 	docker-compose up -d --build
@@ -28,16 +40,22 @@ up:  ## build and start the service with docker-compose (first run trains the qu
 down:  ## stop the docker-compose stack
 	docker-compose down
 
-tools:  ## Debian packages the tests use (prometheus); installs them when run as root
-	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-	  || echo "prometheus is not installed: its test will skip"
+tools:  ## Debian packages the tests use (prometheus, nginx, chromium); installs them when run as root
+	@command -v prometheus >/dev/null && command -v nginx >/dev/null && command -v chromium >/dev/null \
+	  && command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	    nginx chromium chromium-driver >/dev/null; } \
+	  || echo "prometheus, nginx or chromium is not installed: their tests will skip"
 
 test: install tools  ## the whole test suite (TorchServe, Prometheus and Docker tests included)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only: no TorchServe, no Docker
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -m "not serve and not docker" $(PYTEST_ARGS)
+
+test-gpu: install  ## the gpu marker suite on a CUDA GPU (skips without one): make test-gpu [RUN=runs/full]
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GPU_TEST_RUN=$(RUN) IMDB_DATA_DIR=$(IMDB_DATA_DIR) \
+	  $(PY) -m pytest -m gpu -s $(PYTEST_ARGS)
 
 train: install  ## fine-tune: make train PRESET=quick|full DATA=hub-name-or-parquet-dir
 	$(PY) -m training --preset $(PRESET) --data $(DATA) --output-dir $(RUN)
@@ -63,6 +81,13 @@ soak: install  ## soak test, 10 min at 80% of capacity on a private TorchServe: 
 faults: install  ## fault injection (full queue, hung and killed worker, bad archives) on the tiny model
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_faults.py -s -q $(PYTEST_ARGS)
 
+.PHONY: swarm-test
+swarm-test: install  ## Docker Swarm: 1->3 replicas, kill -9, drain on stop, rolling model update (deploy/swarm)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -m docker tests/test_swarm.py -s -q $(PYTEST_ARGS)
+
 IMDB_DATA_DIR ?= ../shared/data/imdb
 bench: install  ## benchmark: seed baseline vs in-process limit vs TorchServe configs (~15 min; BENCH_ARGS=--quick)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.run --run $(RUN) --data $(IMDB_DATA_DIR) $(BENCH_ARGS)
+
+bench-gpu: install  ## GPU: in-process limit vs served at c=1..256, time breakdown (BENCH_GPU_ARGS="--device cpu --quick": smoke)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.gpu --run $(RUN) --data $(IMDB_DATA_DIR) $(BENCH_GPU_ARGS)

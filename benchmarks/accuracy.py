@@ -1,6 +1,7 @@
 """Accuracy cost of each CPU serving precision on held-out reviews (the validation split carved
 from train exactly as training carved it), scored with the serving code path and the handler's
-own precision preparation. fp32 is the reference.
+own precision preparation. fp32 is the reference; "openvino" is the OpenVINO runtime
+(bf16 where the CPU has it, f32 elsewhere; benchmarks/inprocess.py `prepare`).
 
     python -m benchmarks.accuracy --model runs/quick --data $IMDB_DATA_DIR --samples 2000
 """
@@ -9,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "openvino")
 
 
 def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
@@ -18,20 +19,25 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
 
     from benchmarks.inprocess import prepare
     from benchmarks.texts import load_split
+    from handler.encoding import EncodingSettings
+    from handler.inference import load_temperature
     from training.evaluate import score_texts
     run = json.loads((Path(run_dir) / "metrics.json").read_text())
     texts, labels = load_split(data, samples, run.get("validation_size", 2000),
                                run.get("seed", 42))
-    max_length = max_length or run.get("max_length", 256)
+    trained = EncodingSettings.load(run_dir)
     results, reference = {}, None
     for precision in precisions:
         model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
         started = time.perf_counter()
-        predicted = score_texts(model, tokenizer, texts, min(max_length, positions),
-                                autocast_dtype, chunk=64).argmax(-1)
+        encoding = trained.capped(min(max_length or trained.max_length, positions))
+        predicted = score_texts(model, tokenizer, texts, encoding, autocast_dtype,
+                                load_temperature(run_dir), chunk=64).argmax(-1)
         accuracy = (predicted == torch.tensor(labels)).float().mean().item()
         entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
                  "seconds": round(time.perf_counter() - started, 1)}
+        if hasattr(model, "precision"):  # the OpenVINO runtime: the precision it computes in
+            entry["inference_precision"] = model.precision
         if reference is None:
             reference = (precision, accuracy, predicted)
         else:

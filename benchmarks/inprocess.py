@@ -1,7 +1,9 @@
 """The in-process limit: the exported model called directly in Python with the serving code
 (handler.encoding.encode_reviews + handler.inference.predict_probabilities), the handler's own
 precision preparation (SentimentHandler.prepare_model) and as many torch threads as one
-TorchServe worker gets. No HTTP, no queue: what the service could reach at best."""
+TorchServe worker gets. No HTTP, no queue: what the service could reach at best.
+"openvino" stands for the OpenVINO runtime (handler/openvino_runtime.py, bf16 where the CPU
+has it, f32 elsewhere) next to torch's precisions: the limit is the best runtime."""
 import os
 import time
 
@@ -21,6 +23,14 @@ def prepare(run_dir, precision: str):
 
     from handler.sentiment_handler import SentimentHandler
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if precision == "openvino":
+        from transformers import AutoConfig
+
+        from handler.openvino_runtime import OpenVINOModel
+        config = AutoConfig.from_pretrained(run_dir)
+        model = OpenVINOModel.load(run_dir, config, torch.get_num_threads(), "bf16",
+                                   tokenizer=tokenizer)
+        return model, tokenizer, None, config.max_position_embeddings
     model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
     handler = SentimentHandler()
     handler.device = torch.device("cpu")
@@ -30,37 +40,37 @@ def prepare(run_dir, precision: str):
     return model, tokenizer, autocast_dtype, model.config.max_position_embeddings
 
 
-def score(model, tokenizer, texts, max_length, autocast_dtype, batch_size):
+def score(model, tokenizer, texts, encoding, autocast_dtype, batch_size):
     from handler.encoding import encode_reviews
     from handler.inference import predict_probabilities
-    encoded = encode_reviews(tokenizer, texts, max_length)
+    encoded = encode_reviews(tokenizer, texts, encoding)
     return predict_probabilities(model, encoded, tokenizer.pad_token_id, 1 << 30, batch_size,
                                  autocast_dtype)
 
 
-def throughput(model, tokenizer, texts, max_length, autocast_dtype, batch_size,
+def throughput(model, tokenizer, texts, encoding, autocast_dtype, batch_size,
                seconds: float, min_batches: int = 2) -> float:
     """Reviews per second scoring consecutive batches of `batch_size` texts (encode included)."""
-    score(model, tokenizer, texts[:batch_size], max_length, autocast_dtype, batch_size)  # warm
+    score(model, tokenizer, texts[:batch_size], encoding, autocast_dtype, batch_size)  # warm
     done, batches, start, position = 0, 0, time.perf_counter(), batch_size
     while batches < min_batches or time.perf_counter() - start < seconds:
         chunk = [texts[(position + i) % len(texts)] for i in range(batch_size)]
-        score(model, tokenizer, chunk, max_length, autocast_dtype, batch_size)
+        score(model, tokenizer, chunk, encoding, autocast_dtype, batch_size)
         position += batch_size
         done += batch_size
         batches += 1
     return done / (time.perf_counter() - start)
 
 
-def batch1_latency(model, tokenizer, texts, max_length, autocast_dtype, seconds: float,
+def batch1_latency(model, tokenizer, texts, encoding, autocast_dtype, seconds: float,
                    min_count: int = 5) -> dict:
     """Latency of one review (encode + forward), p50/p99 in ms."""
-    score(model, tokenizer, texts[:1], max_length, autocast_dtype, 1)
+    score(model, tokenizer, texts[:1], encoding, autocast_dtype, 1)
     latencies, start = [], time.perf_counter()
     while len(latencies) < min_count or time.perf_counter() - start < seconds:
         text = texts[len(latencies) % len(texts)]
         began = time.perf_counter()
-        score(model, tokenizer, [text], max_length, autocast_dtype, 1)
+        score(model, tokenizer, [text], encoding, autocast_dtype, 1)
         latencies.append((time.perf_counter() - began) * 1000)
     return {"p50_ms": round(percentile(latencies, 50), 2),
             "p99_ms": round(percentile(latencies, 99), 2), "count": len(latencies)}
@@ -71,22 +81,82 @@ def inprocess_limit(run_dir, texts: list[str], precision: str, max_length: int =
                     threads: int | None = None) -> dict:
     import torch
 
-    from handler.sentiment_handler import physical_cores
-    threads = threads or physical_cores()
+    from handler.cpus import usable_cpus
+    threads = threads or usable_cpus()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
-        max_length = min(max_length, positions)
+        from handler.encoding import EncodingSettings
+        encoding = EncodingSettings.load(run_dir).capped(min(max_length, positions))
+        max_length = encoding.max_length
         by_batch = {}
         for batch_size in batch_sizes:
-            by_batch[batch_size] = round(throughput(model, tokenizer, texts, max_length,
+            by_batch[batch_size] = round(throughput(model, tokenizer, texts, encoding,
                                                     autocast_dtype, batch_size, seconds), 2)
-        latency = batch1_latency(model, tokenizer, texts, max_length, autocast_dtype, seconds)
+        latency = batch1_latency(model, tokenizer, texts, encoding, autocast_dtype, seconds)
     finally:
         torch.set_num_threads(previous)
     best = max(by_batch, key=by_batch.get)
     return {"precision": precision, "max_length": max_length, "threads": threads,
+            "inference_precision": getattr(model, "precision", precision),
             "reviews_per_s_by_batch": by_batch, "best_batch": best,
             "best_reviews_per_s": by_batch[best], "batch1_p50_ms": latency["p50_ms"],
             "batch1_p99_ms": latency["p99_ms"]}
+
+
+def compare(run_dir, texts: list[str], runtimes, batch_size: int = 16, rounds: int = 4,
+            seconds: float = 10.0, max_length: int = 256, threads: int | None = None) -> dict:
+    """Runtimes side by side on a shared machine: each loaded once, then measured in turns
+    (A, B, A, B, ...) so that load from other processes hits them alike; medians per runtime."""
+    import statistics
+
+    import torch
+
+    from handler.cpus import usable_cpus
+    from handler.encoding import EncodingSettings
+    torch.set_num_threads(threads or usable_cpus())
+    loaded = {name: prepare(run_dir, name) for name in runtimes}
+    runs = {name: [] for name in runtimes}
+    for _ in range(rounds):
+        for name, (model, tokenizer, autocast_dtype, positions) in loaded.items():
+            encoding = EncodingSettings.load(run_dir).capped(min(max_length, positions))
+            runs[name].append(throughput(model, tokenizer, texts, encoding, autocast_dtype,
+                                         batch_size, seconds))
+            print(f"{name}: {runs[name][-1]:.1f} reviews/s", flush=True)
+    return {name: {"median_reviews_per_s": round(statistics.median(values), 1),
+                   "runs": [round(v, 1) for v in values],
+                   "inference_precision": getattr(loaded[name][0], "precision", name)}
+            for name, values in runs.items()}
+
+
+def main(argv=None):
+    """python -m benchmarks.inprocess --run runs/quick --data DIR --compare fp32,bf16,openvino"""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from benchmarks.texts import load_split
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess",
+                                     description=compare.__doc__)
+    parser.add_argument("--run", type=Path, required=True, help="run directory")
+    parser.add_argument("--data", help="IMDB parquet directory (default: $IMDB_DATA_DIR)")
+    parser.add_argument("--compare", default="fp32,bf16,openvino",
+                        help="torch precisions and/or openvino, comma-separated")
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per runtime per round")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, help="default: the usable CPUs")
+    args = parser.parse_args(argv)
+    run = json.loads((args.run / "metrics.json").read_text())
+    texts, _ = load_split(args.data, args.texts, run.get("validation_size", 2000),
+                          run.get("seed", 42))
+    result = compare(args.run, texts, args.compare.split(","), args.batch_size, args.rounds,
+                     args.seconds, args.max_length, args.threads)
+    print(json.dumps({"load_average": os.getloadavg(), **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ def server_config(store: Path, ports: dict, **overrides) -> str:
         "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
         "model_store": str(store),
         "metrics_config": str(REPO / "serving" / "metrics.yaml"),
+        "vmargs": f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}",
         **{key: str(value) for key, value in overrides.items()},
     }
     lines = []

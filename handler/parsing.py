@@ -70,7 +70,10 @@ def check_text(text, where: str, limits: Limits) -> str:
         raise RequestError(f"{where} has an unpaired UTF-16 surrogate at character "
                            f"{err.start}; send valid Unicode") from None
     if not text.strip():
-        raise RequestError(f"{where} is empty or whitespace only")
+        advice = "" if where.startswith('"') else (
+            "; send the review in the request body (text/plain, JSON or the form field text): "
+            "a review in the URL (?text=...) is not read")
+        raise RequestError(f"{where} is empty or whitespace only{advice}")
     return text
 
 
@@ -125,6 +128,8 @@ def parse_request(request: dict, content_type: str, limits: Limits = Limits()) -
         raise RequestError(f"unsupported charset {charset[:40]!r}; send UTF-8", code=415)
     if not isinstance(request, dict):
         raise RequestError("request has no body; send a review as text/plain or JSON")
+    if media_type != FORM:
+        refuse_query_parameters(request)
 
     if "body" in request or "data" in request:
         body = request["body"] if "body" in request else request["data"]
@@ -154,6 +159,20 @@ def parse_request(request: dict, content_type: str, limits: Limits = Limits()) -
             return ParsedRequest([check_text(text, "review text", limits)], batched=False)
     # TorchServe already decoded the JSON: any JSON value (a str is a JSON string literal)
     return parse_json(body, limits)
+
+
+def refuse_query_parameters(request: dict) -> None:
+    """On its /models/NAME/invoke, /NAME/predict and /invocations routes TorchServe merges the
+    URL's query parameters into the request's fields (on /predictions it drops them), and it
+    writes whole URLs to its logs: a review sent as ?text=... is refused, whatever the route.
+    `model_name` is TorchServe's own routing parameter of /invocations."""
+    names = sorted(name for name in request if name not in ("body", "data", "model_name"))
+    if names:
+        shown = ", ".join(repr(name[:40]) for name in names[:5])
+        raise RequestError(f"query parameters are not accepted (got {shown}): a URL is written "
+                           "to server logs, so never put a review in it; send the review in the "
+                           "body as text/plain, as JSON {\"text\": \"...\"}, or as the form "
+                           "field text (--data-urlencode 'text=...')")
 
 
 def form_text(request: dict):

@@ -92,7 +92,9 @@ def tiny_archive(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def torchserve(tiny_archive, tmp_path_factory):
-    server = TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_archive.parent)
+    # CPU, even on a GPU machine: answers are compared with fp32 scores (GPU: tests/test_gpu.py)
+    server = TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_archive.parent,
+                        number_of_gpu=0)
     try:
         server.wait_ready()
         yield server

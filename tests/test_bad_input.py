@@ -286,6 +286,37 @@ def test_allowed_urls_refuses_http_even_with_the_model_api_on(tiny_archive, tmp_
         assert model_names(ts) == ["bert_sentiment"]
 
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# (route, query parameters, body, headers): on /predictions TorchServe drops the query string
+# before the handler; on the other inference routes it merges it into the request's fields
+QUERY_CASES = [
+    (URL_PATH, {"text": "REVIEW"}, b"", {}),  # curl -X POST 'URL?text=...': no body at all
+    (URL_PATH, {"text": "REVIEW"}, b"", TEXT),
+    ("/models/bert_sentiment/invoke", {"text": "REVIEW"}, b"A fine film.", TEXT),
+    ("/models/bert_sentiment/invoke", {"review": "REVIEW"}, js({"text": "A fine film."}), JSON),
+    ("/bert_sentiment/predict", {"text": "REVIEW"}, b"", {}),
+    ("/invocations", {"model_name": "bert_sentiment", "text": "REVIEW"}, b"A fine film.", TEXT),
+]
+
+
+def test_review_in_the_query_string_is_refused_with_advice(server):
+    before = workers(server)
+    for route, params, body, headers in QUERY_CASES:
+        params = {name: "A wonderful film" if value == "REVIEW" else value
+                  for name, value in params.items()}
+        response = requests.post(server.inference + route, params=params, data=body,
+                                 headers=headers, timeout=30)
+        assert response.status_code == 400, (route, params, response.text)
+        error = response.json()["error"]
+        assert "query parameters are not accepted" in error or "in the URL" in error, error
+        assert "body" in error, error
+    # where the query is dropped, a review in the body is still answered
+    response = requests.post(server.inference + URL_PATH, params={"text": "A fine film."},
+                             data=b"A fine film.", headers=TEXT, timeout=30)
+    assert response.status_code == 200
+    assert workers(server) == before
+
+
 def test_no_review_text_in_the_logs(server):
     marker = f"zqxmarker{uuid.uuid4().hex}"
     review = f"A wonderful film {marker} with a moving ending."
@@ -302,6 +333,13 @@ def test_no_review_text_in_the_logs(server):
     ]
     for body, headers in sent:
         assert post(server, body, headers).status_code in (200, 400, 413, 415)
+    for route, params, body, headers in QUERY_CASES:  # the review in the URL: never logged
+        params = {name: review if value == "REVIEW" else value for name, value in params.items()}
+        response = requests.post(server.inference + route, params=params, data=body,
+                                 headers=headers, timeout=30)
+        assert response.status_code == 400, response.text
+    requests.post(server.inference + URL_PATH, params={"text": review}, data=b"A fine film.",
+                  headers=TEXT, timeout=30)
     # the test server's logs: TorchServe's logs/ and its console output
     import time
     time.sleep(1.5)  # log4j and the worker's stdout are flushed asynchronously

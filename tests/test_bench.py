@@ -132,12 +132,15 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
                    str(tmp_path / "out"), "--quick", "--precision", "fp32", "--concurrency", "2",
                    "--duration", "1", "--warmup", "0.2", "--inprocess-seconds", "0.2",
                    "--batch-sizes", "1,4", "--accuracy-samples", "24"])
-    assert set(result["systems"]) == {"seed", "ts-fp32"}
-    assert set(result["inprocess"]) == {"fp32"}
-    assert result["systems"]["ts-fp32"]["levels"][0]["errors"] == 0
+    assert set(result["systems"]) == {"seed", "ts-fp32", "ts-openvino"}
+    assert set(result["inprocess"]) == {"fp32", "openvino"}  # the limit is the best runtime
+    assert result["targets"]["limit"] in result["inprocess"]
+    for name in ("ts-fp32", "ts-openvino"):
+        assert result["systems"][name]["levels"][0]["errors"] == 0
     assert {c["target"].split(" @")[0] for c in result["targets"]["checks"]} >= {
         "throughput vs seed", "p99 vs seed p99"}
-    assert set(result["accuracy"]) == {"fp32", "bf16", "int8"}
+    assert set(result["accuracy"]) == {"fp32", "bf16", "int8", "openvino"}
+    assert result["accuracy"]["openvino"]["agreement_with_fp32"] >= 0.95
     written = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert written["ratios"]["systems"]["ts-fp32"]["vs_seed"] is not None
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0

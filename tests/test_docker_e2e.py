@@ -312,3 +312,28 @@ def test_stop_is_graceful_and_down_leaves_nothing(stack):
                     f"label=com.docker.compose.project={PROJECT}"], timeout=30).stdout.split()
     assert networks == []
     assert (stack.store / "bert_sentiment.mar").is_file()  # the bind-mounted store is kept
+
+
+def test_model_init_without_data_takes_the_hub_path(stack, tmp_path):
+    """`make up` on a machine with internet: IMDB_DATA_DIR unset, so model-init gets the empty
+    no-data mount and must hand the hub id to the real `datasets.load_dataset`, up to the
+    training call. The hub is unreachable here (HF_HUB_OFFLINE=1 makes that immediate): the run
+    ends with the loader's own error about stanfordnlp/imdb, never 'does not exist'."""
+    store = tmp_path / "empty-store"
+    store.mkdir()
+    store.chmod(0o777)
+    env = {key: value for key, value in stack.env.items() if key != "IMDB_DATA_DIR"}
+    env["MODEL_STORE_DIR"] = str(store)
+    project = [*stack.compose_cmd, "-p", PROJECT + "-nodata", "-f", str(COMPOSE_FILE)]
+    try:
+        result = run([*project, "run", "--rm", "--no-deps", "-e", "HF_HUB_OFFLINE=1",
+                      "-e", "HF_DATASETS_OFFLINE=1", "model-init"], timeout=300, cwd=REPO,
+                     env=env)
+    finally:
+        run([*project, "down", "--remove-orphans"], timeout=120, cwd=REPO, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "--data stanfordnlp/imdb" in output, output[-3000:]
+    assert "could not load dataset 'stanfordnlp/imdb'" in output, output[-3000:]
+    assert "does not exist" not in output, output[-3000:]
+    assert not (store / "bert_sentiment.mar").exists()

@@ -2,7 +2,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from handler.encoding import CHARS_PER_TOKEN_CAP, clip_chars, encode_reviews, head_tail
+from handler.encoding import (CHARS_PER_TOKEN_CAP, EncodingSettings, clip_chars, encode_reviews,
+                              head_tail)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_head_tail_keeps_first_quarter_and_last_three_quarters():
 
 def test_long_review_keeps_head_and_tail_token_positions(tokenizer):
     words = ["great", "awful", "movie", "film"] * 25  # 100 single-token words
-    encoded = encode_reviews(tokenizer, [" ".join(words)], max_length=18)
+    encoded = encode_reviews(tokenizer, [" ".join(words)], EncodingSettings(max_length=18))
     body = ids_of(tokenizer, words)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     assert encoded["input_ids"][0] == [cls] + body[:4] + body[-12:] + [sep]
@@ -35,7 +36,7 @@ def test_long_review_keeps_head_and_tail_token_positions(tokenizer):
 
 def test_short_review_matches_plain_tokenizer_call(tokenizer):
     texts = ["The movie was great.", "Boring plot, dull actors!"]
-    encoded = encode_reviews(tokenizer, texts, max_length=32)
+    encoded = encode_reviews(tokenizer, texts, EncodingSettings(max_length=32))
     reference = tokenizer(texts)
     assert encoded["input_ids"] == reference["input_ids"]
     assert encoded["token_type_ids"] == reference["token_type_ids"]
@@ -44,15 +45,15 @@ def test_short_review_matches_plain_tokenizer_call(tokenizer):
 
 def test_exactly_budget_tokens_is_not_truncated(tokenizer):
     text = " ".join(["movie"] * 30)
-    encoded = encode_reviews(tokenizer, [text], max_length=32)
+    encoded = encode_reviews(tokenizer, [text], EncodingSettings(max_length=32))
     assert len(encoded["input_ids"][0]) == 32 and encoded["truncated"] == [False]
-    encoded = encode_reviews(tokenizer, [text + " film"], max_length=32)
+    encoded = encode_reviews(tokenizer, [text + " film"], EncodingSettings(max_length=32))
     assert len(encoded["input_ids"][0]) == 32 and encoded["truncated"] == [True]
 
 
 def test_character_cap_keeps_head_and_tail_of_a_megabyte(tokenizer):
     text = "great " + "movie " * 200_000 + "awful"
-    encoded = encode_reviews(tokenizer, [text], max_length=16)
+    encoded = encode_reviews(tokenizer, [text], EncodingSettings(max_length=16))
     ids = encoded["input_ids"][0]
     assert len(ids) == 16 and encoded["truncated"] == [True]
     assert ids[1] == ids_of(tokenizer, ["great"])[0]
@@ -63,7 +64,7 @@ def test_character_cap_keeps_head_and_tail_of_a_megabyte(tokenizer):
 
 
 def test_empty_and_whitespace_texts_give_only_special_tokens(tokenizer):
-    encoded = encode_reviews(tokenizer, ["", "   \n\t "], max_length=16)
+    encoded = encode_reviews(tokenizer, ["", "   \n\t "], EncodingSettings(max_length=16))
     special = [tokenizer.cls_token_id, tokenizer.sep_token_id]
     assert encoded["input_ids"] == [special, special]
     assert encoded["truncated"] == [False, False]

