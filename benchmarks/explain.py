@@ -3,10 +3,10 @@
     python -m benchmarks.explain --data $IMDB_DATA_DIR [--run runs/quick] [--repeat 3]
 
 Timing: a real `SentimentHandler` (TorchServe's `Context`, the shipped model-config.yaml
-handler settings, bf16 on the CPU, one worker's threads) runs `predict` + `explain`, what one
-explanation request costs minus HTTP: one review of the full 256 tokens, then batches of 16
-held-out reviews. Without --run the embedded MiniLM-L6 gets a seeded, untrained
-classification head: the cost is the same as a trained model's.
+handler settings: runtime, precision, token budgets; one worker's threads) runs `predict` +
+`add_attributions`, what one explanation request costs minus HTTP: one review of the full 256
+tokens, then batches of 16 held-out reviews. Without --run the embedded MiniLM-L6 gets a
+seeded, untrained classification head: the cost is the same as a trained model's.
 
 Faithfulness: IG's completeness on --completeness held-out reviews: how far each text's
 attributions are from logit(text) - logit(baseline), relative, per precision. It means
@@ -135,13 +135,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", help="directory with the IMDB train.parquet (or IMDB_DATA_DIR)")
     parser.add_argument("--run", type=Path, help="a trained run directory (default: the "
                         "embedded MiniLM with an untrained head)")
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="the serving precision (cpu_precision); explanations run fp32")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (one worker's)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--completeness", type=int, default=0, metavar="N",
-                        help="also check completeness on N held-out reviews (fp32 and bf16)")
+                        help="also check completeness on N held-out reviews")
+    parser.add_argument("--completeness-precisions", default="fp32",
+                        help="comma-separated: fp32 (as served), bf16 (autocast)")
     parser.add_argument("--completeness-length", type=int, metavar="TOKENS",
                         help="shorten the completeness texts to this many tokens (faster)")
     parser.add_argument("--skip-timing", action="store_true")
@@ -160,13 +163,15 @@ def main(argv=None) -> dict:
         handler = load_handler(run_dir, args.precision, args.steps)
         torch.set_num_threads(args.threads)
         results = {"model": str(args.run) if args.run else "embedded MiniLM-L6, untrained head",
-                   "precision": args.precision, "n_steps": args.steps, "threads": args.threads,
+                   "serving": f"{handler.runtime} {handler.precision}",
+                   "explanations": "torch fp32", "n_steps": args.steps, "threads": args.threads,
                    "explain_token_budget": handler.explain_token_budget}
         if not args.skip_timing:
             results.update(timing(handler, texts, args.repeat, args.batch))
         if args.completeness:
             results["completeness"] = completeness(run_dir, texts[:args.completeness],
-                                                   ("fp32", "bf16"), args.steps,
+                                                   args.completeness_precisions.split(","),
+                                                   args.steps,
                                                    args.completeness_length)
     print(json.dumps(results, indent=2))
     if args.out:

@@ -349,10 +349,15 @@ class SentimentHandler(BaseHandler):
         on out-of-memory retry with half the token budget, down to one text of max length."""
         from handler.explain import Explainer, word_attributions  # captum: only when explaining
         if self.explainer is None:
-            model, autocast_dtype = self.torch_model()
-            self.explainer = Explainer(model, self.tokenizer.pad_token_id,
-                                       self.explain_steps, self.explain_token_budget,
-                                       autocast_dtype, self.pad_to_multiple_of)
+            # IG runs in fp32: with bf16 autocast attributions missed the logit difference by up
+            # to 10 % (handler/explain.py); half (GPU) or int8 weights get an fp32 copy
+            if self.device.type == "cuda" or self.torch_precision == "int8":
+                model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
+                model = model.eval().to(self.device)
+            else:  # fp32 weights (bf16 is only autocast): the serving model itself
+                model = self.torch_model()[0]
+            self.explainer = Explainer(model, self.tokenizer.pad_token_id, self.explain_steps,
+                                       self.explain_token_budget, None, self.pad_to_multiple_of)
         encoded = encode_reviews(self.tokenizer, texts, self.encoding, return_offsets=True)
         targets = [self.label2id[result["label"]] for result in results]
         token_budget = self.explain_token_budget

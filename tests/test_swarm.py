@@ -208,8 +208,10 @@ def build(tag: str, dockerfile: Path, context: Path, **args) -> float:
     return time.monotonic() - started
 
 
-@pytest.fixture(scope="module")
-def swarm(two_archives, tmp_path_factory):
+@pytest.fixture(scope="session")
+def swarm_state() -> str:
+    """Skips without an engine or the base image (before anything is trained); else the
+    engine's swarm state before the test (`inactive`, `active`...)."""
     try:
         info = run(["docker", "info", "--format", "{{json .Swarm.LocalNodeState}}"], timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:  # no docker binary, or it hangs
@@ -220,7 +222,12 @@ def swarm(two_archives, tmp_path_factory):
         pytest.skip(f"base image {BASE_IMAGE} is not present locally (docker pull it, or on an "
                     "offline machine: export "
                     "\"$(bash ../shared/ci/docker-offline.sh | tail -n1)\")")
-    joined_before = json.loads(info.stdout) == "active"
+    return json.loads(info.stdout)
+
+
+@pytest.fixture(scope="module")
+def swarm(swarm_state, two_archives, tmp_path_factory):
+    joined_before = swarm_state == "active"
     # `swarm init` also creates this network and `swarm leave` keeps it: remove it if ours
     gwbridge_before = run(["docker", "network", "inspect", "docker_gwbridge"],
                           timeout=30).returncode == 0
@@ -254,18 +261,23 @@ def swarm(two_archives, tmp_path_factory):
         print(f"\nswarm timings: {timings}")
         yield swarm
     finally:
-        run(["docker", "stack", "rm", STACK], timeout=120)
-        deadline = time.monotonic() + 90  # the stack's containers and network go away
-        while time.monotonic() < deadline and (
-                docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}",
-                       check=False).split()
-                or docker("network", "ls", "-q", "--filter", f"name={swarm.network}",
-                          check=False).split()):
-            time.sleep(1)
-        if not joined_before:
-            run(["docker", "swarm", "leave", "--force"], timeout=60)
-            if not gwbridge_before:
-                run(["docker", "network", "rm", "docker_gwbridge"], timeout=60)
+        try:
+            run(["docker", "stack", "rm", STACK], timeout=120)
+            deadline = time.monotonic() + 90  # the stack's containers and network go away
+            while time.monotonic() < deadline and (
+                    docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}",
+                           check=False).split()
+                    or docker("network", "ls", "-q", "--filter", f"name={swarm.network}",
+                              check=False).split()):
+                time.sleep(1)
+        finally:
+            if not joined_before:
+                run(["docker", "swarm", "leave", "--force"], timeout=60)
+                if not gwbridge_before:
+                    run(["docker", "network", "rm", "docker_gwbridge"], timeout=60)
+            # the model images are rebuilt from new archives every run: do not pile them up
+            run(["docker", "image", "rm", MODEL_IMAGE.format("v1"), MODEL_IMAGE.format("v2")],
+                timeout=120)
 
 
 def test_scaling_from_one_to_three_replicas(swarm):

@@ -122,7 +122,7 @@ def test_no_calibration_means_no_temperature(tiny_base_model, story_dir, tmp_pat
     output.mkdir()
     (output / "calibration.json").write_text('{"temperature": 3.0}')  # stale from an older run
     metrics = train_tiny(tiny_base_model, story_dir, output, "--calibration-size", "0",
-                         "--epochs", "1")
+                         "--epochs", "1", "--augment", "none")
     assert not (output / "calibration.json").exists()
     assert metrics["calibration"]["temperature"] == 1.0
     assert metrics["augmentation"]["excerpts"] == 0 and metrics["split_sizes"]["train"] == 136

@@ -10,6 +10,7 @@ this repository besides it. Its version is a content hash (`archive_version`).
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def main(argv=None) -> Path:
 
     metrics = check_run_dir(args.run_dir)
     args.model_store.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, tempfile.TemporaryDirectory() as scratch:
         # a directory given to --extra-files has its subdirectories copied as they are, so the
         # archive root holds the `handler` package the handler module imports from
         package = Path(staging) / "handler"
@@ -109,7 +110,9 @@ def main(argv=None) -> Path:
             "--export-path", str(args.model_store),
             "--force",
         ]
-        subprocess.run(command, check=True)
+        # torch-model-archiver copies into $TMPDIR/<model name>, deleting what is there: a
+        # private TMPDIR keeps archives built at the same time (tests, benchmarks) apart
+        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": scratch})
     mar = args.model_store / f"{args.model_name}.mar"
     print(f"wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB), version {version}")
     return mar

@@ -27,13 +27,16 @@ SHORT_REVIEWS = REPO / "data" / "short_reviews.jsonl"
 # excerpts added to the held-out calibration reviews: served traffic is long and short texts
 CALIBRATION_EXCERPTS = ["last", "window"]
 
+# augment: one excerpt per review, from its last 1-3 sentences or a 1-2 sentence window. Measured
+# against none at a reduced scale (1,000 reviews, 128 tokens, fp32): IMDB validation 0.794 ->
+# 0.824, hand-written short reviews 0.763 -> 0.767, sarcasm/idioms 0.60 -> 0.67 (README, Results)
 PRESETS = {
     # a few minutes on 2 CPU cores with the embedded MiniLM, >= 0.83 accuracy on 2,000 reviews
     "quick": dict(max_train_samples=3000, max_eval_samples=2000, max_length=256, epochs=1,
-                  learning_rate=5e-5, augment="none", excerpts_per_review=1.0),
+                  learning_rate=5e-5, augment="last,window", excerpts_per_review=1.0),
     # the whole train split (minus validation); ~2 h on 2 CPU cores at max length 256
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
-                 learning_rate=5e-5, augment="none", excerpts_per_review=1.0),
+                 learning_rate=5e-5, augment="last,window", excerpts_per_review=1.0),
 }
 # reviews per optimizer step unless --batch-size says otherwise: a GPU has the memory and is
 # faster per review with larger batches; on the CPU 16 is as fast per review and steps more often
