@@ -73,6 +73,23 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"no successful prediction after {timeout} s: {self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and all its children (frontend, workers)."""
+        import psutil
+        try:
+            parent = psutil.Process(self.process.pid)
+            processes = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     def stop(self) -> None:
         try:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -72,8 +72,11 @@ async def _measure(session, url: str, texts: list[str], concurrency: int, durati
 
 async def run_levels(url: str, texts: list[str], levels: list[int], duration: float,
                      warmup: float, max_requests: int | None = None,
-                     timeout: float = 120.0) -> list[dict]:
-    """Measure each concurrency level in turn on one connection pool per level."""
+                     timeout: float = 120.0, cpu_clock=None) -> list[dict]:
+    """Measure each concurrency level in turn on one connection pool per level. With
+    `cpu_clock` (the server's CPU seconds so far), also the server's CPU time in the measured
+    window and reviews per CPU-second: on a machine shared with other work, throughput follows
+    the share of the CPUs the server gets; work per CPU-second does much less."""
     import aiohttp
     check_loopback(url)
     if not texts:
@@ -86,15 +89,23 @@ async def run_levels(url: str, texts: list[str], levels: list[int], duration: fl
                 await _measure(session, url, texts, concurrency, warmup, None, timeout)
             # start each level at a different place in the texts, but deterministically
             offset = (concurrency * 7919) % len(texts)
+            cpu_before = cpu_clock() if cpu_clock else None
             result = await _measure(session, url, texts[offset:] + texts[:offset], concurrency,
                                     duration, max_requests, timeout)
+            if cpu_clock:
+                cpu = cpu_clock() - cpu_before
+                result["server_cpu_s"] = round(cpu, 2)
+                result["reviews_per_cpu_s"] = round(
+                    result["reviews_per_s"] * result["elapsed_s"] / cpu, 2) if cpu > 0 else None
         results.append(result)
     return results
 
 
 def load_levels(url: str, texts: list[str], levels: list[int], duration: float, warmup: float,
-                max_requests: int | None = None, timeout: float = 120.0) -> list[dict]:
-    return asyncio.run(run_levels(url, texts, levels, duration, warmup, max_requests, timeout))
+                max_requests: int | None = None, timeout: float = 120.0,
+                cpu_clock=None) -> list[dict]:
+    return asyncio.run(run_levels(url, texts, levels, duration, warmup, max_requests, timeout,
+                                  cpu_clock))
 
 
 def parse_levels(text: str) -> list[int]:

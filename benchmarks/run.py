@@ -132,10 +132,12 @@ def measure_server(server, texts, levels, args) -> dict:
     cold = server.cold_start(timeout=args.start_timeout)
     log(f"  first prediction after {cold:.1f} s; load at concurrency {levels}")
     results = load_levels(server.url, texts, levels, args.duration, args.warmup,
-                          args.max_requests, timeout=args.request_timeout)
+                          args.max_requests, timeout=args.request_timeout,
+                          cpu_clock=server.cpu_seconds)
     for entry in results:
         log(f"  c={entry['concurrency']:>3}: {entry['reviews_per_s']:7.1f} reviews/s  "
-            f"p50 {entry['p50_ms']} ms  p99 {entry['p99_ms']} ms  errors {entry['errors']}")
+            f"p50 {entry['p50_ms']} ms  p99 {entry['p99_ms']} ms  errors {entry['errors']}  "
+            f"{entry.get('reviews_per_cpu_s')} reviews per server CPU-second")
     return {"cold_start_s": round(cold, 2), "levels": results}
 
 
@@ -283,8 +285,8 @@ def plot(result: dict, path: Path) -> Path:
 def markdown(result: dict) -> str:
     """The tables of docs/PERFORMANCE.md."""
     out = ["| system | precision | batch / delay | workers x threads | concurrency | reviews/s "
-           "| p50 ms | p95 ms | p99 ms | errors | cold start s |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| p50 ms | p95 ms | p99 ms | errors | cold start s | reviews / server CPU-s |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, system in result["systems"].items():
         if system["kind"] == "seed":
             batching, layout = "1 / -", "threaded Flask"
@@ -295,15 +297,17 @@ def markdown(result: dict) -> str:
             out.append(f"| {name} | {system['precision']} | {batching} | {layout} | "
                        f"{entry['concurrency']} | {entry['reviews_per_s']:.1f} | "
                        f"{entry['p50_ms']} | {entry['p95_ms']} | {entry['p99_ms']} | "
-                       f"{entry['errors']} | {system['cold_start_s']} |")
+                       f"{entry['errors']} | {system['cold_start_s']} | "
+                       f"{_fmt(entry.get('reviews_per_cpu_s'))} |")
     if result["inprocess"]:
-        out += ["", "| in-process | reviews/s by batch size | best | batch-1 p50 ms |",
-                "|---|---|---:|---:|"]
+        out += ["", "| in-process | reviews/s by batch size | best | batch-1 p50 ms | "
+                "reviews / CPU-s (best batch) |", "|---|---|---:|---:|---:|"]
         for precision, limit in result["inprocess"].items():
             by_batch = ", ".join(f"{b}: {v:.1f}" for b, v in
                                  limit["reviews_per_s_by_batch"].items())
             out.append(f"| {precision} | {by_batch} | {limit['best_reviews_per_s']:.1f} "
-                       f"(batch {limit['best_batch']}) | {limit['batch1_p50_ms']} |")
+                       f"(batch {limit['best_batch']}) | {limit['batch1_p50_ms']} | "
+                       f"{_fmt(limit.get('reviews_per_cpu_s'))} |")
     table = result.get("ratios", {}).get("systems", {})
     if table:
         out += ["", f"Ratios at concurrency {result['ratios']['concurrency']}:", "",

@@ -359,7 +359,9 @@ class SentimentHandler(BaseHandler):
             self.explainer = Explainer(model, self.tokenizer.pad_token_id, self.explain_steps,
                                        self.explain_token_budget, None, self.pad_to_multiple_of)
         encoded = encode_reviews(self.tokenizer, texts, self.encoding, return_offsets=True)
-        targets = [self.label2id[result["label"]] for result in results]
+        # the most probable class (also where min_confidence made the label "uncertain")
+        targets = [self.label2id[max(r["probabilities"], key=r["probabilities"].get)]
+                   for r in results]
         token_budget = self.explain_token_budget
         while True:
             try:

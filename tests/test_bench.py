@@ -59,7 +59,7 @@ def test_check_targets_verdicts():
     assert checks["throughput vs in-process limit"]["value"] == pytest.approx(0.9)
     assert checks["throughput vs in-process limit"]["met"] is True
     assert checks["p99 vs seed p99"]["met"] is True
-    assert checks["idle p50 vs in-process batch-1 + 15 ms"]["met"] is True  # 40 <= 45
+    assert checks["idle p50 vs in-process batch-1 + 10 ms"]["met"] is True  # 40 <= 40
     assert checks["cold start (start to first prediction)"]["met"] is True
     slow = system((1, 10.0, 60.0, 70.0), (16, 50.0, 300.0, 1000.0))
     verdicts = [c["met"] for c in check_targets(slow, seed, limit, 16, cold_start_s=25.0)]
