@@ -68,6 +68,18 @@ def explain_seconds(handler, texts: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def memory(handler, texts: list[str]) -> dict:
+    """Resident memory (MB) of this process, as one worker: after 16 predictions, then after
+    explaining one review (with the OpenVINO runtime the torch model is loaded for it)."""
+    import psutil
+    rss = lambda: round(psutil.Process().memory_info().rss / 2**20)  # noqa: E731
+    handler.predict(texts[:16])
+    predicted = rss()
+    explain_seconds(handler, texts[:1])
+    return {"after_predictions": predicted, "after_first_explanation": rss(),
+            "runtime": f"{handler.runtime} {handler.precision}"}
+
+
 def timing(handler, texts: list[str], repeat: int, batch: int) -> dict:
     """One full-length review, and reviews/s over batches of `batch`; each best of `repeat`
     (the CPU is shared: the best run is the least disturbed one)."""
@@ -147,6 +159,9 @@ def main(argv=None) -> dict:
                         help="comma-separated: fp32 (as served), bf16 (autocast)")
     parser.add_argument("--completeness-length", type=int, metavar="TOKENS",
                         help="shorten the completeness texts to this many tokens (faster)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also report the worker's resident memory after predictions and "
+                             "after the first explanation (the torch model loads on first use)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args(argv)
@@ -166,6 +181,8 @@ def main(argv=None) -> dict:
                    "serving": f"{handler.runtime} {handler.precision}",
                    "explanations": "torch fp32", "n_steps": args.steps, "threads": args.threads,
                    "explain_token_budget": handler.explain_token_budget}
+        if args.memory:
+            results["memory_mb"] = memory(handler, texts)
         if not args.skip_timing:
             results.update(timing(handler, texts, args.repeat, args.batch))
         if args.completeness:

@@ -207,7 +207,7 @@ def run_benchmark(args) -> dict:
         from benchmarks.accuracy import evaluate_precisions
         log(f"accuracy on {args.accuracy_samples} held-out reviews")
         result["accuracy"] = evaluate_precisions(args.run, args.data, args.accuracy_samples,
-                                                 max_length=max_length)
+                                                 precisions=precisions, max_length=max_length)
     result["ratios"] = ratios(result, TARGET_CONCURRENCY if TARGET_CONCURRENCY in args.concurrency
                               else max(args.concurrency))
     default = f"ts-{args.precision}"

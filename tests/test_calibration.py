@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.calibration import (brier, calibration_report, expected_calibration_error,
+from training.calibration import (brier, calibration_report, ece_if_calibrated,
+                                  expected_calibration_error,
                                   fit_temperature, nll, reliability_bins, reliability_diagram,
                                   softmax)
 
@@ -39,6 +40,26 @@ def test_calibrated_logits_need_no_temperature_and_scaling_keeps_predictions():
 def test_ece_of_a_calibrated_set_is_near_zero():
     logits, labels = calibrated(50_000, seed=3)
     assert expected_calibration_error(softmax(logits), labels) < 0.02
+
+
+def test_the_noise_floor_covers_a_calibrated_small_set_and_shrinks_with_size():
+    # 240 calibrated answers (the short-review set's size) show an ECE of a few points that is
+    # pure sampling noise; the floor says so, and it falls like 1/sqrt(n)
+    floors, hits = [], 0
+    for seed in range(20):
+        logits, labels = calibrated(240, seed=100 + seed)
+        probs = softmax(logits)
+        floor = ece_if_calibrated(probs)
+        hits += expected_calibration_error(probs, labels) <= floor["p95"]
+        floors.append(floor["median"])
+    assert hits >= 17  # the 95th percentile holds about 19 of 20 calibrated sets
+    assert 0.01 < sum(floors) / len(floors) < 0.06
+    large = ece_if_calibrated(softmax(calibrated(24_000, seed=5)[0]))
+    assert large["median"] < sum(floors) / len(floors) / 5
+    # an over-confident small set is outside its floor
+    logits, labels = calibrated(240, seed=6)
+    assert expected_calibration_error(softmax(logits * 4), labels) > ece_if_calibrated(
+        softmax(logits * 4))["p95"]
 
 
 def test_ece_of_an_over_confident_set_is_large():

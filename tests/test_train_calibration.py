@@ -53,6 +53,8 @@ def test_the_temperature_is_fitted_on_held_out_long_and_short_texts(calibrated_r
         assert report["samples"] == samples
         assert report["before"]["accuracy"] == report["after"]["accuracy"]
         assert {"ece", "nll", "brier"} <= set(report["before"]) == set(report["after"])
+        floor = report["ece_if_calibrated"]  # what a calibrated model would show at this size
+        assert 0 < floor["median"] <= floor["p95"] < 0.5
     assert (run / "reliability.png").stat().st_size > 10_000
 
 
@@ -128,7 +130,21 @@ def test_no_calibration_means_no_temperature(tiny_base_model, story_dir, tmp_pat
     assert metrics["augmentation"]["excerpts"] == 0 and metrics["split_sizes"]["train"] == 136
 
 
+def test_the_calibration_excerpts_are_chosen_by_flag(tiny_base_model, story_dir, tmp_path):
+    metrics = train_tiny(tiny_base_model, story_dir, tmp_path / "reviews-only", "--epochs", "1",
+                         "--augment", "none", "--calibration-size", "24",
+                         "--calibration-excerpts", "none")
+    stored = json.loads((tmp_path / "reviews-only" / "calibration.json").read_text())
+    assert stored["samples"] == 24 and "excerpts" not in stored["fitted_on"]
+    metrics = train_tiny(tiny_base_model, story_dir, tmp_path / "last", "--epochs", "1",
+                         "--augment", "none", "--calibration-size", "24",
+                         "--calibration-excerpts", "last")
+    assert metrics["calibration"]["samples"] == 48
+    assert "24 excerpts of them (last sentences)" in metrics["calibration"]["fitted_on"]
+
+
 @pytest.mark.parametrize("flags,message", [
+    (["--calibration-excerpts", "middle"], "--calibration-excerpts"),
     (["--augment", "last,middle"], "augmentation"),
     (["--excerpts-per-review", "-1"], "excerpts-per-review"),
     (["--calibration-size", "-5"], "calibration-size"),

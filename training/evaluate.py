@@ -142,9 +142,10 @@ def main(argv=None) -> dict:
     if "kind" in dataset.column_names:
         metrics["accuracy_by_kind"] = accuracy_by_kind(dataset["kind"], labels.tolist(),
                                                        predictions)
-    from training.calibration import ECE_BINS, scores
+    from training.calibration import ECE_BINS, ece_if_calibrated, scores
     metrics["calibration"] = {"temperature": temperature, "ece_bins": ECE_BINS,
-                              **scores(probabilities, labels)}
+                              **scores(probabilities, labels),
+                              "ece_if_calibrated": ece_if_calibrated(probabilities)}
     metrics.update({"split": split, "samples": len(dataset), "data_source": data,
                     "max_length": encoding.max_length, "temperature": temperature,
                     "inference_precision": args.precision, "device": str(device),
