@@ -139,7 +139,8 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
         assert result["systems"][name]["levels"][0]["errors"] == 0
     assert {c["target"].split(" @")[0] for c in result["targets"]["checks"]} >= {
         "throughput vs seed", "p99 vs seed p99"}
-    assert set(result["accuracy"]) == {"fp32", "bf16", "int8", "openvino"}
+    # accuracy of what was served (fp32 the reference), not of precisions nobody benchmarked
+    assert set(result["accuracy"]) == {"fp32", "openvino"}
     assert result["accuracy"]["openvino"]["agreement_with_fp32"] >= 0.95
     written = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert written["ratios"]["systems"]["ts-fp32"]["vs_seed"] is not None
