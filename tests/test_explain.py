@@ -105,9 +105,10 @@ def test_completeness_on_minilm_at_the_shipped_steps(minilm):
 def test_completeness_on_the_tiny_trained_model(tiny):
     """The tiny model is trained hard (learning rate 3e-3, 8 epochs), so its logit is steep
     along the path from baseline to text: 20 steps leave a few texts 10-20 % off, and the
-    integral must converge with more steps (50 here)."""
+    integral must converge with more steps (100 here; its training is not bit-reproducible
+    across thread schedules, and at 50 steps one text in 120 was still 11 % off now and then)."""
     model, tokenizer, settings = tiny
-    results = completeness(model, tokenizer, validation_like(120), settings, n_steps=50)
+    results = completeness(model, tokenizer, validation_like(120), settings, n_steps=100)
     assert len(results) >= 100
     assert max(error for _, error in results) <= TOLERANCE, sorted(results)[-5:]
 
@@ -120,12 +121,15 @@ def test_completeness_on_the_tiny_trained_model(tiny):
     ("It was a boring story.", "boring"),
     ("I think this movie was superb.", "superb"),
 ])
-def test_the_loaded_word_ranks_first(tiny, text, loaded):
-    model, tokenizer, settings = tiny
+def test_the_loaded_word_ranks_first(minilm, text, loaded):
+    # the real encoder with a probe fitted deterministically (the tiny run's training is not
+    # bit-reproducible across thread schedules, and one of these texts could flip with it)
+    model, tokenizer = minilm
     explainer = Explainer(model, tokenizer.pad_token_id)
-    encoded = encode_reviews(tokenizer, [text], settings, return_offsets=True)
+    encoded = encode_reviews(tokenizer, [text], EncodingSettings(max_length=64),
+                             return_offsets=True)
     target = predicted(model, encoded, explainer)[0]
-    assert model.config.id2label[target] == ("positive" if loaded in POSITIVE else "negative")
+    assert target == (1 if loaded in POSITIVE else 0)  # the probe's 1 is positive
     scores = explainer.token_attributions(encoded, [target])[0]
     words = word_attributions(text, encoded["offsets"][0], encoded["word_ids"][0], scores)
     ranked = sorted(words, key=lambda w: -abs(w["score"]))

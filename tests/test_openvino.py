@@ -163,3 +163,12 @@ def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
     assert "OpenVINO" in log and "f32 inference precision" in log
     assert "converted the HF model" not in log  # the archive's IR, not a conversion at start
+
+
+def test_start_benchmark_times_the_three_ways_a_worker_gets_its_model(tiny_run):
+    from benchmarks.openvino_start import main
+    results = main(["--run", str(tiny_run), "--repeat", "1"])
+    assert set(results) == {"convert at worker start", "IR from the archive",
+                            "IR + compiled-model cache"}
+    assert all(row["model_s"] > 0 and len(row["all_model_s"]) == 1 for row in results.values())
+    assert not (tiny_run / "openvino_model.xml").exists()  # the run directory is left as it was

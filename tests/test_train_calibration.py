@@ -76,6 +76,8 @@ def test_evaluate_applies_the_runs_temperature(calibrated_run):
     after = metrics["calibration"]["validation"]["after"]
     assert scored["eval_loss"] == pytest.approx(after["nll"], abs=1e-3)
     assert scored["calibration"]["ece"] == pytest.approx(after["ece"], abs=1e-3)
+    floor = scored["calibration"]["ece_if_calibrated"]  # 0 for a model sure of every answer
+    assert 0 <= floor["median"] <= floor["p95"] < 0.5 and floor["draws"] == 2000
 
 
 def test_evaluate_scores_a_jsonl_file_whole_with_accuracy_per_kind(calibrated_run):
