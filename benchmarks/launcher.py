@@ -112,7 +112,9 @@ class TorchServe(Server):
     nothing with another TorchServe on the machine (a developer's `make serve`): gRPC ports,
     the launcher's pid file ($TMPDIR) and the worker sockets ($TEMP) are its own."""
 
-    def __init__(self, workdir: Path, store: Path, **overrides):
+    def __init__(self, workdir: Path, store: Path, token_auth: bool = False, **overrides):
+        """`overrides`: config.properties settings; `token_auth`: TorchServe's default token
+        authorization (keys in WORKDIR/key_file.json) instead of none."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
@@ -133,7 +135,8 @@ class TorchServe(Server):
         torchserve = Path(sys.executable).parent / "torchserve"
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [str(torchserve), "--start", "--foreground", "--ncs", "--disable-token-auth",
+            [str(torchserve), "--start", "--foreground", "--ncs",
+             *([] if token_auth else ["--disable-token-auth"]),
              "--ts-config", str(config), "--model-store", str(store)],
             cwd=self.workdir, env=env, stdout=open(self.workdir / self.log_name, "wb"),
             stderr=subprocess.STDOUT, start_new_session=True)

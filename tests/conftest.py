@@ -73,6 +73,18 @@ def tiny_run(tiny_base_model, reviews_dir, tmp_path_factory) -> Path:
     return output
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_run):
+    """(model in eval mode, tokenizer, encoding settings) of the tiny run, loaded as
+    training.evaluate loads a run."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
+    return model, tokenizer, EncodingSettings.load(tiny_run)
+
+
 @pytest.fixture(scope="session")
 def tiny_archive(tiny_run, tmp_path_factory) -> Path:
     """bert_sentiment.mar built from the tiny run with training.archive, with the shipped

@@ -25,14 +25,6 @@ CLEAR = 0.1
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_run):
-    """The tiny run fine-tuned on synthetic reviews whose cue words decide the label."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
-    return model, tokenizer, EncodingSettings.load(tiny_run)
-
-
-@pytest.fixture(scope="module")
 def minilm():
     """The real 6-layer MiniLM encoder and its WordPiece tokenizer with a sentiment head: a
     logistic-regression probe of its pooled output, fit on synthetic reviews in seconds."""
@@ -102,12 +94,12 @@ def test_completeness_on_minilm_at_the_shipped_steps(minilm):
     assert statistics.median(error for _, error in results) <= TOLERANCE / 5
 
 
-def test_completeness_on_the_tiny_trained_model(tiny):
+def test_completeness_on_the_tiny_trained_model(tiny_model):
     """The tiny model is trained hard (learning rate 3e-3, 8 epochs), so its logit is steep
     along the path from baseline to text: 20 steps leave a few texts 10-20 % off, and the
     integral must converge with more steps (100 here; its training is not bit-reproducible
     across thread schedules, and at 50 steps one text in 120 was still 11 % off now and then)."""
-    model, tokenizer, settings = tiny
+    model, tokenizer, settings = tiny_model  # fine-tuned on reviews whose cue words decide
     results = completeness(model, tokenizer, validation_like(120), settings, n_steps=100)
     assert len(results) >= 100
     assert max(error for _, error in results) <= TOLERANCE, sorted(results)[-5:]

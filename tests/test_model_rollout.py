@@ -13,10 +13,7 @@ The server is a native TorchServe on free loopback ports (benchmarks/launcher.py
 started without --disable-token-auth: this mode needs token auth).
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -25,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import MODEL_NAME, Server, free_port, server_config
+from benchmarks.launcher import MODEL_NAME, TorchServe
 
 pytestmark = pytest.mark.serve
 
@@ -51,29 +48,11 @@ def mode_settings() -> dict:
     return settings
 
 
-class ModelApiServer(Server):
+class ModelApiServer(TorchServe):
     """TorchServe in the model-API mode on free loopback ports, token auth on."""
 
     def __init__(self, workdir: Path, store: Path):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in ("inference", "management", "metrics")}
-        self.inference = f"http://127.0.0.1:{ports['inference']}"
-        self.management = f"http://127.0.0.1:{ports['management']}"
-        config = self.workdir / "config.properties"
-        config.write_text(server_config(Path(store).resolve(), ports, **mode_settings(),
-                                        grpc_inference_port=free_port(),
-                                        grpc_management_port=free_port()))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-        env.update(LOG_LOCATION=str(self.workdir / "logs"),
-                   METRICS_LOCATION=str(self.workdir / "logs"), HF_HUB_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false", TMPDIR=str(self.workdir),
-                   TEMP=str(self.workdir))
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
-             "--ts-config", str(config), "--model-store", str(Path(store).resolve())],
-            cwd=self.workdir, env=env, stdout=open(self.workdir / self.log_name, "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(workdir, store, token_auth=True, **mode_settings())
 
     def key(self, kind: str) -> str:
         """`management`, `inference` or `API` from key_file.json (written at start)."""

@@ -20,19 +20,9 @@ def mixed_lengths(count: int = 40) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def torch_side(tiny_run):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from handler.encoding import EncodingSettings
-    tokenizer = AutoTokenizer.from_pretrained(tiny_run)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
-    return model, tokenizer, EncodingSettings.load(tiny_run)
-
-
-@pytest.fixture(scope="module")
-def ir_dir(torch_side, tmp_path_factory):
+def ir_dir(tiny_model, tmp_path_factory):
     from handler.openvino_runtime import save_ir
-    model, tokenizer, _ = torch_side
+    model, tokenizer, _ = tiny_model
     directory = tmp_path_factory.mktemp("openvino-ir")
     save_ir(model, tokenizer, directory)
     return directory
@@ -51,8 +41,8 @@ def load(directory, config, precision="fp32", cache_dir=None, tokenizer=None):
                               cache_dir=cache_dir, tokenizer=tokenizer)
 
 
-def test_f32_matches_torch_fp32_in_input_order(torch_side, ir_dir):
-    model, tokenizer, encoding = torch_side
+def test_f32_matches_torch_fp32_in_input_order(tiny_model, ir_dir):
+    model, tokenizer, encoding = tiny_model
     runtime = load(ir_dir, model.config)
     assert runtime.precision == "f32"
     texts = mixed_lengths()
@@ -68,9 +58,9 @@ def test_f32_matches_torch_fp32_in_input_order(torch_side, ir_dir):
         torch.testing.assert_close(alone[0], got[i], atol=1e-5, rtol=0)
 
 
-def test_converted_at_load_without_ir_matches_the_ir(tiny_run, torch_side, ir_dir):
+def test_converted_at_load_without_ir_matches_the_ir(tiny_run, tiny_model, ir_dir):
     """An archive without the IR: the worker converts the HF weights itself."""
-    model, tokenizer, encoding = torch_side
+    model, tokenizer, encoding = tiny_model
     from handler.openvino_runtime import IR_FILE
     assert not (tiny_run / IR_FILE).exists()
     converted = load(tiny_run, model.config, tokenizer=tokenizer)
@@ -81,14 +71,14 @@ def test_converted_at_load_without_ir_matches_the_ir(tiny_run, torch_side, ir_di
                                rtol=0)
 
 
-def test_bf16_hint_only_where_the_cpu_has_it(torch_side, ir_dir):
+def test_bf16_hint_only_where_the_cpu_has_it(tiny_model, ir_dir):
     from handler.openvino_runtime import inference_precision
     assert inference_precision("bf16", ["FP32", "INT8"]) == "f32"
     assert inference_precision("bf16", ["FP32", "BF16"]) == "bf16"
     assert inference_precision("fp32", ["FP32", "BF16"]) == "f32"
     with pytest.raises(ValueError, match="cpu_runtime torch"):
         inference_precision("int8", ["FP32"])
-    model, tokenizer, encoding = torch_side
+    model, tokenizer, encoding = tiny_model
     runtime = load(ir_dir, model.config, precision="bf16")
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert runtime.precision == ("bf16" if native else "f32")
@@ -100,8 +90,8 @@ def test_bf16_hint_only_where_the_cpu_has_it(torch_side, ir_dir):
                                atol=0.05 if native else 1e-4, rtol=0)
 
 
-def test_compiled_model_cache_is_written_then_reused(torch_side, ir_dir, tmp_path):
-    model, tokenizer, encoding = torch_side
+def test_compiled_model_cache_is_written_then_reused(tiny_model, ir_dir, tmp_path):
+    model, tokenizer, encoding = tiny_model
     cache = tmp_path / "cache"
     first = load(ir_dir, model.config, cache_dir=cache)
     blobs = {path: path.stat().st_mtime_ns for path in cache.rglob("*") if path.is_file()}
@@ -113,7 +103,7 @@ def test_compiled_model_cache_is_written_then_reused(torch_side, ir_dir, tmp_pat
                                probabilities(first, tokenizer, encoding, texts), atol=0, rtol=0)
 
 
-def test_handler_runtime_setting(tiny_run, torch_side):
+def test_handler_runtime_setting(tiny_run, tiny_model):
     """cpu_runtime openvino in the handler: same answers as cpu_runtime torch (fp32), an
     unknown runtime is refused."""
     from benchmarks.gpu import load_handler

@@ -68,13 +68,18 @@ def softmax(logits, temperature: float = 1.0) -> torch.Tensor:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1)
 
 
+def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
+    """The equal-width bin of each top-class probability: (lower, upper], 0 in the first."""
+    return (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+
+
 def reliability_bins(probs, labels, bins: int = ECE_BINS) -> list[dict]:
     """Equal-width bins over the top-class probability: (lower, upper] edges (the first bin
     also holds 0), each with its count, mean confidence and accuracy (None when empty)."""
     probs, labels = _probabilities(probs, labels)
     confidence, predicted = probs.max(1)
     correct = (predicted == labels).double()
-    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    index = bin_index(confidence, bins)
     rows = []
     for b in range(bins):
         members = index == b
@@ -103,7 +108,7 @@ def ece_if_calibrated(probs, bins: int = ECE_BINS, draws: int = 2000, seed: int 
     if probs.ndim != 2 or probs.shape[0] == 0:
         raise ValueError(f"probabilities must be (samples, classes), got {tuple(probs.shape)}")
     confidence = probs.max(1).values
-    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    index = bin_index(confidence, bins)
     generator = torch.Generator().manual_seed(seed)
     correct = (torch.rand(draws, len(confidence), generator=generator, dtype=torch.float64)
                < confidence).double()

@@ -195,17 +195,17 @@ def carve_calibration(pool, train_set, size: int, seed: int):
 
 def fit_calibration(logits_of, reviews, source: str, seed: int,
                     kinds: list[str] = CALIBRATION_EXCERPTS) -> dict:
-    """The temperature fitted on held-out `reviews` plus one excerpt of each (long and short
-    texts, as served), or 1 when there are none. `logits_of(dataset)` scores a dataset."""
+    """The temperature fitted on held-out `reviews` plus one excerpt of each in `kinds` (long and
+    short texts, as served), or 1 when there are none. `logits_of(dataset)` scores a dataset."""
     if reviews is None:
         return {"temperature": 1.0, "fitted_on": source}
-    from datasets import concatenate_datasets
-    pieces = make_excerpts(reviews, kinds, 1.0 if kinds else 0.0, seed)
-    texts = concatenate_datasets([reviews.select_columns(["text", "label"]),
-                                  pieces.select_columns(["text", "label"])])
-    logits, labels = logits_of(texts)
+    texts = reviews.select_columns(["text", "label"])
     if kinds:
+        from datasets import concatenate_datasets
+        pieces = make_excerpts(reviews, kinds, 1.0, seed)
+        texts = concatenate_datasets([texts, pieces.select_columns(["text", "label"])])
         source += f", and {len(pieces)} excerpts of them ({' / '.join(kinds)} sentences)"
+    logits, labels = logits_of(texts)
     return {"temperature": fit_temperature(logits, labels), "fitted_on": source,
             "samples": len(texts)}
 
