@@ -8,7 +8,7 @@ DATA ?= stanfordnlp/imdb
 RUN ?= runs/$(PRESET)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help up down install lock tools test test-fast train evaluate archive serve stop bench soak test-gpu bench-gpu
+.PHONY: help up down install lock tools test test-fast train quantize evaluate archive serve stop bench soak test-gpu bench-gpu
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,9 @@ test-gpu: install  ## the gpu marker suite on a CUDA GPU (skips without one): ma
 
 train: install  ## fine-tune: make train PRESET=quick|full DATA=hub-name-or-parquet-dir
 	$(PY) -m training --preset $(PRESET) --data $(DATA) --output-dir $(RUN)
+
+quantize: install  ## int8 model for the OpenVINO runtime of a run trained without it: make quantize RUN=runs/quick DATA=...
+	$(PY) -m training.quantize $(RUN) --data $(DATA)
 
 evaluate: install  ## score a run: make evaluate RUN=runs/quick SPLIT=validation
 	$(PY) -m training.evaluate --model $(RUN) --split $(or $(SPLIT),validation)

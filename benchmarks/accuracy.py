@@ -1,7 +1,8 @@
 """Accuracy cost of each CPU serving precision on held-out reviews (the validation split carved
 from train exactly as training carved it), scored with the serving code path and the handler's
 own precision preparation. fp32 is the reference; "openvino" is the OpenVINO runtime
-(bf16 where the CPU has it, f32 elsewhere; benchmarks/inprocess.py `prepare`).
+(bf16 where the CPU has it, f32 elsewhere), "openvino-int8" its int8 model
+(benchmarks/inprocess.py `prepare`).
 
     python -m benchmarks.accuracy --model runs/quick --data $IMDB_DATA_DIR --samples 2000
 """
@@ -10,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16", "int8", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8", "openvino", "openvino-int8")
 
 
 def evaluate_precisions(run_dir: Path, data: str | None, samples: int,

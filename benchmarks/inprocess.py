@@ -3,7 +3,8 @@
 precision preparation (SentimentHandler.prepare_model) and as many torch threads as one
 TorchServe worker gets. No HTTP, no queue: what the service could reach at best.
 "openvino" stands for the OpenVINO runtime (handler/openvino_runtime.py, bf16 where the CPU
-has it, f32 elsewhere) next to torch's precisions: the limit is the best runtime."""
+has it, f32 elsewhere), "openvino-int8" for it with the run's int8 model (training/quantize.py),
+next to torch's precisions: the limit is the best runtime."""
 import os
 import time
 
@@ -23,12 +24,13 @@ def prepare(run_dir, precision: str):
 
     from handler.sentiment_handler import SentimentHandler
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if precision == "openvino":
+    if precision.startswith("openvino"):
         from transformers import AutoConfig
 
         from handler.openvino_runtime import OpenVINOModel
         config = AutoConfig.from_pretrained(run_dir)
-        model = OpenVINOModel.load(run_dir, config, torch.get_num_threads(), "bf16",
+        model = OpenVINOModel.load(run_dir, config, torch.get_num_threads(),
+                                   "int8" if precision == "openvino-int8" else "bf16",
                                    tokenizer=tokenizer)
         return model, tokenizer, None, config.max_position_embeddings
     model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
@@ -148,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, required=True, help="run directory")
     parser.add_argument("--data", help="IMDB parquet directory (default: $IMDB_DATA_DIR)")
     parser.add_argument("--compare", default="fp32,bf16,openvino",
-                        help="torch precisions and/or openvino, comma-separated")
+                        help="torch precisions and/or openvino, openvino-int8, comma-separated")
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)

@@ -7,7 +7,8 @@ absolute numbers are noisy.
 
 Systems:
   inprocess-PREC  the model called directly (serving encode + inference code), best batch size;
-                  PREC is a torch precision or "openvino" (the OpenVINO runtime): the in-process
+                  PREC is a torch precision, "openvino" or "openvino-int8" (the OpenVINO
+                  runtime, training/quantize.py for int8): the in-process
                   limit of the targets is the best of them
   seed            benchmarks/seed_baseline.py: Flask threaded, HF model per request, batch 1, fp32
   ts-*            this service on TorchServe, one archive per serving configuration (generated
@@ -34,12 +35,16 @@ from benchmarks.stats import check_targets, level, ratio  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "handler" / "model-config.yaml"
 TARGET_CONCURRENCY = 16
+# torch precisions, then the OpenVINO runtime: "openvino" (bf16 where the CPU has it, else f32)
+# and "openvino-int8" (the run's int8 model, training/quantize.py)
+PRECISIONS = ["fp32", "bf16", "int8", "openvino", "openvino-int8"]
 
 
 def ts_config(name: str, precision: str, batch: int = 16, delay: int = 10, workers: int = 1,
               threads: int = 0, levels: str = "all", role: str = "precision") -> dict:
     """One served configuration; precision "openvino" is cpu_runtime openvino (bf16 where the
-    CPU has it), the others cpu_runtime torch at that cpu_precision."""
+    CPU has it), "openvino-int8" the same runtime at int8, the others cpu_runtime torch at that
+    cpu_precision."""
     return {"name": name, "precision": precision, "batchSize": batch, "maxBatchDelay": delay,
             "workers": workers, "threads_per_worker": threads, "levels": levels, "role": role}
 
@@ -50,7 +55,7 @@ def serving_configs(default: str, quick: bool) -> list[dict]:
     workers x threads are ablations of the default at the idle and target concurrencies."""
     if quick:
         return [ts_config(f"ts-{p}", p) for p in dict.fromkeys((default, "fp32", "openvino"))]
-    configs = [ts_config(f"ts-{p}", p) for p in ("fp32", "bf16", "int8", "openvino")]
+    configs = [ts_config(f"ts-{p}", p) for p in PRECISIONS]
     configs += [
         ts_config(f"ts-{default}-b1", default, batch=1, delay=0, levels="ablation",
                   role="no batching"),
@@ -66,13 +71,22 @@ def serving_configs(default: str, quick: bool) -> list[dict]:
     return configs
 
 
-def shipped_default() -> str:
-    """What handler/model-config.yaml serves on a CPU: "openvino" or a torch precision."""
+def shipped_default(run_dir: Path) -> str:
+    """What handler/model-config.yaml serves on this CPU from `run_dir`: a torch precision,
+    "openvino" or "openvino-int8" (cpu_precision auto: bf16 where native, else the run's int8
+    model if it has one; handler/openvino_runtime.py resolve_precision)."""
     import yaml
     handler = yaml.safe_load(BASE_CONFIG.read_text())["handler"]
-    if handler.get("cpu_runtime", "torch") == "openvino":
-        return "openvino"
-    return handler.get("cpu_precision", "fp32")
+    if handler.get("cpu_runtime", "torch") != "openvino":
+        return handler.get("cpu_precision", "fp32")
+    import openvino
+
+    from handler.openvino_runtime import INT8_IR_FILE, resolve_precision
+    computes = resolve_precision(
+        handler.get("cpu_precision", "auto"),
+        openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+        (Path(run_dir) / INT8_IR_FILE).is_file())
+    return "openvino-int8" if computes == "int8" else "openvino"
 
 
 def write_model_config(config: dict, path: Path) -> Path:
@@ -81,9 +95,11 @@ def write_model_config(config: dict, path: Path) -> Path:
     settings = yaml.safe_load(BASE_CONFIG.read_text())
     settings.update(minWorkers=config["workers"], maxWorkers=config["workers"],
                     batchSize=config["batchSize"], maxBatchDelay=config["maxBatchDelay"])
-    openvino = config["precision"] == "openvino"
+    openvino = config["precision"].startswith("openvino")
+    precision = {"openvino": "bf16", "openvino-int8": "int8"}.get(config["precision"],
+                                                                 config["precision"])
     settings["handler"].update(cpu_runtime="openvino" if openvino else "torch",
-                               cpu_precision="bf16" if openvino else config["precision"],
+                               cpu_precision=precision,
                                threads_per_worker=config["threads_per_worker"])
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
@@ -167,7 +183,7 @@ def run_benchmark(args) -> dict:
         return wanted is None or name in wanted or name.split("-")[0] in wanted
 
     precisions = sorted({c["precision"] for c in configs if selected(c["name"])},
-                        key=["fp32", "bf16", "int8", "openvino"].index)
+                        key=PRECISIONS.index)
     if selected("inprocess"):
         from benchmarks.inprocess import inprocess_limit
         for precision in precisions:
@@ -353,10 +369,10 @@ def parse_args(argv=None):
                         help="cap on measured requests per level")
     parser.add_argument("--texts", type=int, default=2000, help="held-out reviews to replay")
     parser.add_argument("--max-length", type=int, help="default: the run's max_length")
-    parser.add_argument("--precision", default=shipped_default(),
-                        choices=["fp32", "bf16", "int8", "openvino"],
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="the default configuration and the ablations' base: a torch "
-                             "precision or openvino (default: what model-config.yaml ships)")
+                             "precision, openvino or openvino-int8 (default: what "
+                             "model-config.yaml serves on this CPU from --run)")
     parser.add_argument("--systems", help="comma-separated subset: inprocess, seed, ts, or "
                                           "configuration names such as ts-bf16")
     parser.add_argument("--batch-sizes", default=None,
@@ -370,6 +386,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,16; 3 s per level")
     args = parser.parse_args(argv)
     quick = args.quick
+    args.precision = args.precision or shipped_default(args.run)
     args.concurrency = args.concurrency or ([1, 16] if quick else [1, 4, 16, 64])
     args.duration = args.duration if args.duration is not None else (3.0 if quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 3.0)

@@ -3,8 +3,10 @@ dynamic batch and length, compiled for this CPU, scored through the same micro-b
 torch (`handler.inference.score_micro_batches`), so padding, order and temperature are shared.
 
 Precision: bf16 only where the CPU computes it natively (OpenVINO lists "BF16" in
-OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX). Elsewhere f32: a bf16 hint on a CPU without it
-runs an emulation ~30x slower than f32 (measured, docs/PERFORMANCE.md).
+OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX): a bf16 hint on a CPU without it runs an
+emulation ~30x slower than f32 (measured, docs/PERFORMANCE.md). int8 is a second model,
+quantized after training from held-out reviews (training/quantize.py: openvino_model_int8.xml),
+served where asked for or, with `auto`, on a CPU without native bf16; elsewhere f32.
 
 The converted model (IR: openvino_model.xml + .bin) is written into the archive by
 training/archive.py when the archive's runtime is openvino; a worker then never loads torch
@@ -23,7 +25,8 @@ from handler.inference import score_micro_batches
 logger = logging.getLogger(__name__)
 
 IR_FILE = "openvino_model.xml"
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+INT8_IR_FILE = "openvino_model_int8.xml"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def example_batch(tokenizer) -> dict:
@@ -56,15 +59,22 @@ def save_ir(model, tokenizer, directory) -> Path:
     return path
 
 
-def inference_precision(requested: str, capabilities: list[str]) -> str:
-    """OpenVINO's INFERENCE_PRECISION_HINT for a cpu_precision: bf16 only where native."""
-    requested = "bf16" if requested == "auto" else requested
+def resolve_precision(requested: str, capabilities: list[str], has_int8: bool) -> str:
+    """What to compute in, "bf16", "int8" or "f32", for a cpu_precision: auto is bf16 where
+    native, else int8 where the archive has the int8 model, else f32; bf16 asked for on a CPU
+    without it is f32; int8 asked for without the int8 model is an error."""
     if requested not in PRECISIONS:
         raise ValueError(f"cpu_precision {requested!r} is not available with cpu_runtime "
-                         f"openvino (choose {' or '.join(PRECISIONS)}, or cpu_runtime torch)")
-    if requested == "bf16" and "BF16" not in capabilities:
-        return "f32"
-    return PRECISIONS[requested]
+                         f"openvino (choose {', '.join(PRECISIONS)}, or cpu_runtime torch)")
+    if requested == "int8" and not has_int8:
+        raise FileNotFoundError(f"cpu_precision int8 needs {INT8_IR_FILE} in the archive: "
+                                "quantize the run (python -m training.quantize RUN --data DATA) "
+                                "and archive it again")
+    if requested in ("auto", "bf16") and "BF16" in capabilities:
+        return "bf16"
+    if requested == "int8" or (requested == "auto" and has_int8):
+        return "int8"
+    return "f32"
 
 
 class OpenVINOModel:
@@ -72,12 +82,13 @@ class OpenVINOModel:
     handler.inference (micro-batches under a token budget, padding to a multiple, input order,
     temperature). One inference request, used by one thread at a time (a TorchServe worker)."""
 
-    def __init__(self, compiled, config):
+    def __init__(self, compiled, config, precision: str | None = None):
         self.compiled = compiled
         self.config = config
         self.request = compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in compiled.inputs]
-        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = precision or \
+            compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
 
     @classmethod
@@ -88,9 +99,12 @@ class OpenVINOModel:
         import openvino as ov
         core = ov.Core()
         started = time.perf_counter()
+        int8_ir = Path(model_dir) / INT8_IR_FILE
+        computes = resolve_precision(precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+                                     int8_ir.is_file())
         properties = {
-            "INFERENCE_PRECISION_HINT": inference_precision(
-                precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            # int8 model: the operations left unquantized (softmax, layer norm...) in f32
+            "INFERENCE_PRECISION_HINT": "bf16" if computes == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": max(1, int(threads)),
             "NUM_STREAMS": 1,  # one request at a time per worker; all its threads on it
             "PERFORMANCE_HINT": "LATENCY",
@@ -102,7 +116,7 @@ class OpenVINOModel:
             except OSError as err:  # a read-only model directory: serve, only slower to start
                 logger.warning("no compiled-model cache (%s): %s", cache_dir, err)
                 cache_dir = None
-        ir = Path(model_dir) / IR_FILE
+        ir = int8_ir if computes == "int8" else Path(model_dir) / IR_FILE
         if ir.is_file():
             # from a path, a cache hit skips reading the model as well as compiling it
             source = str(ir)
@@ -117,7 +131,7 @@ class OpenVINOModel:
             raise FileNotFoundError(f"{ir} not found, and no tokenizer to convert the HF "
                                     "model with")
         compiled = core.compile_model(source, "CPU", properties)
-        runtime = cls(compiled, config)
+        runtime = cls(compiled, config, "int8" if computes == "int8" else None)
         logger.info("OpenVINO %s: %s inference precision, %d threads, ready in %.1f s%s",
                     ov.__version__, runtime.precision, runtime.threads,
                     time.perf_counter() - started,

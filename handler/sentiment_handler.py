@@ -104,8 +104,6 @@ class SentimentHandler(BaseHandler):
         else:
             self.device = torch.device("cpu")
             precision = settings.get("cpu_precision", "auto")
-            if precision == "auto":  # bf16 only where the CPU has it in hardware
-                precision = auto_cpu_precision()
             # workers x threads <= usable CPUs (affinity and cgroup quota)
             workers = max(1, int(model_yaml.get("maxWorkers", 1)))
             threads = int(settings.get("threads_per_worker", 0)) or max(1, usable_cpus() // workers)
@@ -122,11 +120,15 @@ class SentimentHandler(BaseHandler):
         # torch | openvino (CPU only; the GPU path is torch), see handler/openvino_runtime.py
         self.runtime = settings.get("cpu_runtime", "torch") if self.device.type == "cpu" \
             else "torch"
+        requested = precision
+        if precision == "auto" or (self.runtime == "openvino" and precision == "int8"):
+            # torch: bf16 only where the CPU has it in hardware; int8 is OpenVINO's own model
+            precision = auto_cpu_precision()
         self.model_dir, self.torch_precision, self.explain_model = model_dir, precision, None
         if self.runtime == "openvino":
             from handler.openvino_runtime import OpenVINOModel
             self.model = OpenVINOModel.load(
-                model_dir, config, torch.get_num_threads(), precision,
+                model_dir, config, torch.get_num_threads(), requested,
                 settings.get("openvino_cache_dir") or os.path.join(model_dir, "openvino_cache"),
                 tokenizer=self.tokenizer)
             self.autocast_dtype, precision = None, f"openvino {self.model.precision}"

@@ -102,6 +102,17 @@ def tiny_archive(tiny_run, tmp_path_factory) -> Path:
                  str(config)])
 
 
+def predict_once(mar: Path, texts: list[str], workdir: Path) -> tuple[list[dict], str]:
+    """Start a TorchServe on the archive, POST the texts in one request, stop it: the answers
+    (HTTP 200 asserted) and the worker's model log."""
+    import requests
+    with TorchServe(workdir, mar.parent) as server:
+        server.wait_ready()
+        response = requests.post(server.url, json={"texts": texts}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json(), (workdir / "logs" / "model_log.log").read_text()
+
+
 @pytest.fixture(scope="session")
 def torchserve(tiny_archive, tmp_path_factory):
     # CPU, even on a GPU machine: answers are compared with fp32 scores (GPU: tests/test_gpu.py)

@@ -4,7 +4,7 @@ compiled-model cache, and through TorchServe with `cpu_runtime: openvino`."""
 import pytest
 import torch
 
-from tests.conftest import REPO, synthetic_reviews
+from tests.conftest import REPO, predict_once, synthetic_reviews
 
 ov = pytest.importorskip("openvino")
 
@@ -72,12 +72,19 @@ def test_converted_at_load_without_ir_matches_the_ir(tiny_run, tiny_model, ir_di
 
 
 def test_bf16_hint_only_where_the_cpu_has_it(tiny_model, ir_dir):
-    from handler.openvino_runtime import inference_precision
-    assert inference_precision("bf16", ["FP32", "INT8"]) == "f32"
-    assert inference_precision("bf16", ["FP32", "BF16"]) == "bf16"
-    assert inference_precision("fp32", ["FP32", "BF16"]) == "f32"
+    from handler.openvino_runtime import resolve_precision
+    assert resolve_precision("bf16", ["FP32", "INT8"], has_int8=False) == "f32"
+    assert resolve_precision("bf16", ["FP32", "BF16"], has_int8=False) == "bf16"
+    assert resolve_precision("fp32", ["FP32", "BF16"], has_int8=True) == "f32"
+    # auto: native bf16 first, then the archive's int8 model, then f32
+    assert resolve_precision("auto", ["FP32", "BF16"], has_int8=True) == "bf16"
+    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=True) == "int8"
+    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=False) == "f32"
+    assert resolve_precision("int8", ["FP32", "BF16"], has_int8=True) == "int8"
+    with pytest.raises(FileNotFoundError, match="training.quantize"):
+        resolve_precision("int8", ["FP32"], has_int8=False)
     with pytest.raises(ValueError, match="cpu_runtime torch"):
-        inference_precision("int8", ["FP32"])
+        resolve_precision("fp16", ["FP32"], has_int8=False)
     model, tokenizer, encoding = tiny_model
     runtime = load(ir_dir, model.config, precision="bf16")
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -126,11 +133,9 @@ def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
     answers like the torch runtime (fp32) on the same run."""
     import zipfile
 
-    import requests
     import yaml
 
     from benchmarks.gpu import load_handler
-    from benchmarks.launcher import TorchServe
     from training.archive import main as archive
     settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
     settings["handler"].update(cpu_runtime="openvino", cpu_precision="fp32")
@@ -142,12 +147,7 @@ def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
     texts = mixed_lengths(24)
     expected = load_handler(tiny_run, "cpu", cpu_runtime="torch",
                             cpu_precision="fp32").predict(texts)
-    with TorchServe(tmp_path / "ts", mar.parent) as server:
-        server.wait_ready()
-        response = requests.post(server.url, json={"texts": texts}, timeout=60)
-        assert response.status_code == 200, response.text
-        got = response.json()
-        log = (tmp_path / "ts" / "logs" / "model_log.log").read_text()
+    got, log = predict_once(mar, texts, tmp_path / "ts")
     assert [r["label"] for r in got] == [r["label"] for r in expected]
     for mine, theirs in zip(got, expected):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)

@@ -131,6 +131,24 @@ def short_reviews_section(short) -> list[str]:
     return lines + [""]
 
 
+def int8_section(int8) -> list[str]:
+    if not isinstance(int8, dict):
+        return []
+    lines = ["## int8 model (OpenVINO CPU runtime)", ""]
+    check = (f"on {int8.get('reviews', 'n/a')} validation reviews: accuracy "
+             f"{percent(int8.get('accuracy'))} against fp32's {percent(int8.get('fp32_accuracy'))}"
+             f", the same label as fp32 on {percent(int8.get('agreement_with_fp32'))}, largest "
+             f"probability shift {number(int8.get('max_probability_shift'))}")
+    if int8.get("kept"):
+        lines.append(f"Quantized after training (weights and activations of the matrix "
+                     f"multiplications in int8), checked {check}. Served where `cpu_precision` "
+                     "is `int8`, or `auto` on a CPU without native bf16.")
+    else:
+        lines.append(f"Not shipped: checked {check}, below the "
+                     f"{percent(int8.get('min_agreement'))} agreement required.")
+    return lines + [""]
+
+
 def render(metrics: dict, model_name: str = "bert_sentiment", version: str = "") -> str:
     """The card as Markdown."""
     title = f"# Model card: {model_name}" + (f" (version {version})" if version else "")
@@ -143,6 +161,7 @@ def render(metrics: dict, model_name: str = "bert_sentiment", version: str = "")
     lines += metrics_section(metrics)
     lines += calibration_section(metrics.get("calibration"))
     lines += short_reviews_section(metrics.get("short_reviews"))
+    lines += int8_section(metrics.get("int8"))
     lines += ["## Known limits", "", KNOWN_LIMITS, ""]
     versions = metrics.get("library_versions")
     if isinstance(versions, dict) and versions:

@@ -91,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 on GPUs and CPUs that support it, else fp16 / fp32")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="quantize the trained model to int8 for the OpenVINO CPU runtime "
+                             "(training/quantize.py)")
+    parser.add_argument("--int8-min-agreement", type=float, default=None,
+                        help="keep the int8 model only if it gives fp32's label to at least this "
+                             "share of validation reviews (default 0.99)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
     args = parser.parse_args(argv)
@@ -111,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--calibration-excerpts: {err}")
     if not 0 <= args.excerpts_per_review <= 20:
         parser.error("--excerpts-per-review must be between 0 and 20")
+    if args.int8_min_agreement is not None and not 0 <= args.int8_min_agreement <= 1:
+        parser.error("--int8-min-agreement must be between 0 and 1")
     if args.calibration_size < 0:
         parser.error("--calibration-size must be >= 0")
     return args
@@ -364,6 +372,21 @@ def main(argv=None) -> dict:
     plot_curves(trainer.state.log_history, output_dir / "curves.png")
     reliability_diagram(output_dir / "reliability.png", panels, calibration["temperature"])
 
+    from training import quantize
+    int8 = None
+    if args.int8:  # activation statistics from held-out reviews, checked on validation
+        statistics_from = take(calibration_set if calibration_set is not None else train_set,
+                               quantize.CALIBRATION_REVIEWS, args.seed)
+        int8 = quantize.quantize_run(
+            output_dir, trainer.model.float().cpu(), tokenizer, encoding,
+            list(statistics_from["text"]), list(eval_set["text"]), val_labels, val_logits.exp(),
+            quantize.MIN_AGREEMENT if args.int8_min_agreement is None
+            else args.int8_min_agreement)
+        print(quantize.describe(int8), flush=True)
+    else:  # no int8 model from an earlier run in this directory may be archived
+        for path in quantize.int8_files(output_dir):
+            path.unlink(missing_ok=True)
+
     metrics = dict(evaluation)  # eval_loss: of the model's own probabilities, before the temperature
     metrics.update({
         "train_time_s": round(train_time, 1),
@@ -389,6 +412,7 @@ def main(argv=None) -> dict:
         "augmentation": augmentation,
         "calibration": calibration,
         "short_reviews": short_report,
+        "int8": int8,
         "library_versions": library_versions(),
     })
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

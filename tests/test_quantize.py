@@ -1,0 +1,177 @@
+"""The int8 OpenVINO model (training/quantize.py): written by training and by
+`python -m training.quantize`, checked against fp32 on the validation carve, kept only when it
+agrees, archived for the openvino runtime, and served by `cpu_precision: auto` on a CPU without
+native bf16 — through a stock-config TorchServe as a user runs it."""
+import json
+import shutil
+import zipfile
+
+import pytest
+import torch
+
+from tests.conftest import REPO, predict_once, synthetic_reviews
+
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+INT8_NAMES = {"openvino_model_int8.xml", "openvino_model_int8.bin"}
+
+
+def native_bf16() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def int8_run(tiny_run, reviews_dir, tmp_path_factory):
+    """A copy of the tiny run quantized with the CLI a user runs on an existing run (agreement
+    threshold 0: the tiny model's few validation reviews decide nothing here)."""
+    from training.quantize import main
+    run = tmp_path_factory.mktemp("int8") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("openvino_model_int8.*",
+                                                                  "checkpoints"))
+    report = main([str(run), "--data", str(reviews_dir), "--min-agreement", "0",
+                   "--calibration-reviews", "40"])
+    assert report["kept"] and report["calibration_reviews"] == 40
+    return run
+
+
+def texts(count=32, seed=11):
+    return synthetic_reviews(count, seed=seed)["text"].tolist()
+
+
+def test_training_quantizes_and_reports_the_check(tiny_run):
+    """`python -m training` (int8 on by default) writes the report into metrics.json, and the
+    model files exist exactly when it was kept."""
+    report = json.loads((tiny_run / "metrics.json").read_text())["int8"]
+    assert report["reviews"] == 24  # the tiny run's whole validation carve
+    assert report["fp32_accuracy"] == pytest.approx(
+        json.loads((tiny_run / "metrics.json").read_text())["accuracy"], abs=1e-4)
+    assert 0 <= report["agreement_with_fp32"] <= 1 and report["min_agreement"] == 0.99
+    assert report["kept"] == (report["agreement_with_fp32"] >= 0.99)
+    assert {p.name for p in tiny_run.glob("openvino_model_int8.*")} == \
+        (INT8_NAMES if report["kept"] else set())
+
+
+def test_cli_report_matches_what_it_wrote(int8_run):
+    report = json.loads((int8_run / "metrics.json").read_text())["int8"]
+    assert {p.name for p in int8_run.glob("openvino_model_int8.*")} == INT8_NAMES
+    assert report["reviews"] == 24 and report["min_agreement"] == 0
+    # the IR holds int8 weights: far smaller than the f32 safetensors
+    assert (int8_run / "openvino_model_int8.bin").stat().st_size < \
+        0.6 * (int8_run / "model.safetensors").stat().st_size
+
+
+def test_a_model_that_does_not_agree_is_not_kept_and_a_stale_one_goes(int8_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    from training.evaluate import score_texts
+    from training.quantize import quantize_run
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run)
+    model = AutoModelForSequenceClassification.from_pretrained(run).eval()
+    tokenizer, encoding = AutoTokenizer.from_pretrained(run), EncodingSettings.load(run)
+    check = synthetic_reviews(16, seed=4)
+    fp32 = score_texts(model, tokenizer, check["text"].tolist(), encoding)
+    flipped = fp32.flip(-1)  # a reference whose every label the int8 model contradicts
+    report = quantize_run(run, model, tokenizer, encoding, texts(16), check["text"].tolist(),
+                          check["label"].tolist(), flipped, min_agreement=0.99)
+    assert not report["kept"] and report["agreement_with_fp32"] < 0.99
+    assert not list(run.glob("openvino_model_int8.*"))
+
+
+def test_runtime_serves_int8_close_to_fp32(int8_run):
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    from handler.openvino_runtime import OpenVINOModel
+    from training.evaluate import score_texts
+    config = AutoConfig.from_pretrained(int8_run)
+    tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
+    reference = score_texts(AutoModelForSequenceClassification.from_pretrained(int8_run).eval(),
+                            tokenizer, texts(), encoding)
+    int8 = OpenVINOModel.load(int8_run, config, threads=1, precision="int8")
+    assert int8.precision == "int8"
+    auto = OpenVINOModel.load(int8_run, config, threads=1, precision="auto")
+    assert auto.precision == ("bf16" if native_bf16() else "int8")
+    got = score_texts(int8, tokenizer, texts(), encoding)
+    assert got.shape == reference.shape
+    assert (got - reference).abs().max() < 0.1
+    assert not torch.equal(got, score_texts(OpenVINOModel.load(
+        int8_run, config, threads=1, precision="fp32", tokenizer=tokenizer), tokenizer, texts(),
+        encoding))  # the int8 model really is another model
+
+
+def test_int8_asked_for_without_the_model_is_a_clear_error(tiny_model, tmp_path):
+    from handler.openvino_runtime import OpenVINOModel, save_ir
+    model, tokenizer, _ = tiny_model
+    save_ir(model, tokenizer, tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m training.quantize"):
+        OpenVINOModel.load(tmp_path, model.config, threads=1, precision="int8")
+
+
+def test_archive_carries_int8_for_the_openvino_runtime_only(int8_run, tmp_path):
+    import yaml
+
+    from training.archive import archive_version
+    from training.archive import main as archive
+    shipped = REPO / "handler" / "model-config.yaml"
+    mar = archive([str(int8_run), "--model-store", str(tmp_path / "ov")])
+    assert INT8_NAMES <= set(zipfile.ZipFile(mar).namelist())
+    settings = yaml.safe_load(shipped.read_text())
+    settings["handler"]["cpu_runtime"] = "torch"
+    config = tmp_path / "torch.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    mar = archive([str(int8_run), "--model-store", str(tmp_path / "torch"), "--config-file",
+                   str(config)])
+    assert not INT8_NAMES & set(zipfile.ZipFile(mar).namelist())
+    # the int8 weights are part of what produced the answers: another model, another version
+    before = archive_version(int8_run, shipped)
+    (int8_run / "openvino_model_int8.bin").rename(tmp_path / "moved.bin")
+    try:
+        assert archive_version(int8_run, shipped) != before
+    finally:
+        (tmp_path / "moved.bin").rename(int8_run / "openvino_model_int8.bin")
+
+
+@pytest.mark.serve
+def test_stock_config_serves_int8_through_torchserve(int8_run, tmp_path):
+    """The shipped model-config.yaml (cpu_runtime openvino, cpu_precision auto) as `make up`
+    archives it: on a CPU without native bf16 the worker serves the int8 model, and its answers
+    stay close to training.evaluate's fp32 ones."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.encoding import EncodingSettings
+    from handler.inference import load_temperature
+    from training.archive import main as archive
+    from training.evaluate import score_texts
+    mar = archive([str(int8_run), "--model-store", str(tmp_path / "store")])
+    batch = texts(24, seed=2)
+    reference = score_texts(AutoModelForSequenceClassification.from_pretrained(int8_run).eval(),
+                            AutoTokenizer.from_pretrained(int8_run), batch,
+                            EncodingSettings.load(int8_run),
+                            temperature=load_temperature(int8_run))
+    got, log = predict_once(mar, batch, tmp_path / "ts")
+    expected = "bf16" if native_bf16() else "int8"
+    assert f"OpenVINO {ov.__version__}: {expected} inference precision" in log
+    for answer, row in zip(got, reference):
+        assert answer["probabilities"]["positive"] == pytest.approx(row[1].item(), abs=0.1)
+
+
+def test_benchmark_default_is_what_the_handler_serves(int8_run, tmp_path):
+    """`make bench` with no --precision benchmarks the configuration the shipped
+    model-config.yaml would serve from that run on this CPU."""
+    from benchmarks.run import parse_args, shipped_default
+    assert shipped_default(int8_run) == ("openvino" if native_bf16() else "openvino-int8")
+    assert shipped_default(tmp_path) == "openvino"  # a run without an int8 model
+    assert parse_args(["--run", str(int8_run)]).precision == shipped_default(int8_run)
+
+
+def test_model_card_reports_the_int8_check(int8_run):
+    from training.model_card import render
+    metrics = json.loads((int8_run / "metrics.json").read_text())
+    card = render(metrics)
+    assert "## int8 model" in card
+    assert f"{100 * metrics['int8']['agreement_with_fp32']:.2f} %" in card
+    metrics["int8"]["kept"] = False
+    assert "Not shipped" in render(metrics)
