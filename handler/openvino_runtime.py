@@ -100,8 +100,8 @@ class OpenVINOModel:
         core = ov.Core()
         started = time.perf_counter()
         int8_ir = Path(model_dir) / INT8_IR_FILE
-        computes = resolve_precision(precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
-                                     int8_ir.is_file())
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        computes = resolve_precision(precision, capabilities, int8_ir.is_file())
         properties = {
             # int8 model: the operations left unquantized (softmax, layer norm...) in f32
             "INFERENCE_PRECISION_HINT": "bf16" if computes == "bf16" else "f32",
