@@ -20,6 +20,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def shipped_vmargs() -> str:
+    """serving/config.properties' JVM arguments (heap bound included), with the log4j2 file's
+    path made absolute: the server runs in its own work directory."""
+    for line in (REPO / "serving" / "config.properties").read_text().splitlines():
+        if line.startswith("vmargs="):
+            return " ".join(f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}"
+                            if arg.startswith("-Dlog4j.configurationFile=") else arg
+                            for arg in line.partition("=")[2].split())
+    return f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}"
+
+
 def server_config(store: Path, ports: dict, **overrides) -> str:
     """serving/config.properties with loopback ports, the given model store and overrides."""
     settings = {
@@ -28,7 +39,7 @@ def server_config(store: Path, ports: dict, **overrides) -> str:
         "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
         "model_store": str(store),
         "metrics_config": str(REPO / "serving" / "metrics.yaml"),
-        "vmargs": f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}",
+        "vmargs": shipped_vmargs(),
         **{key: str(value) for key, value in overrides.items()},
     }
     lines = []

@@ -228,3 +228,20 @@ def test_bad_requests_do_not_spoil_their_batch_or_restart_workers(torchserve):
         assert_prediction(response.json())
     after = {(w["id"], w["startTime"]) for w in torchserve.describe()["workers"]}
     assert after == before
+
+
+def test_frontend_runs_with_the_shipped_jvm_arguments(torchserve):
+    """serving/config.properties' vmargs reach the Java frontend: the heap bound (without it
+    the JVM may take a quarter of the host's RAM) and the log4j2 file that cuts query strings."""
+    from benchmarks.soak import frontend_process
+    from tests.conftest import REPO
+    shipped = next(line.partition("=")[2].split() for line in
+                   (REPO / "serving" / "config.properties").read_text().splitlines()
+                   if line.startswith("vmargs="))
+    assert "-Xmx512m" in shipped
+    command = frontend_process(torchserve.inference).cmdline()
+    for arg in shipped:
+        if arg.startswith("-Dlog4j.configurationFile="):
+            assert f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}" in command
+        else:
+            assert arg in command
