@@ -144,8 +144,9 @@ def int8_section(int8) -> list[str]:
                      f"multiplications in int8), checked {check}. Served where `cpu_precision` "
                      "is `int8`, or `auto` on a CPU without native bf16.")
     else:
-        lines.append(f"Not shipped: checked {check}, below the "
-                     f"{percent(int8.get('min_agreement'))} agreement required.")
+        lines.append(f"Not shipped: checked {check}; it needs {percent(int8.get('min_agreement'))}"
+                     f" agreement and at most {percent(int8.get('max_accuracy_drop'))} of "
+                     "accuracy lost. The OpenVINO runtime serves f32.")
     return lines + [""]
 
 

@@ -96,7 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(training/quantize.py)")
     parser.add_argument("--int8-min-agreement", type=float, default=None,
                         help="keep the int8 model only if it gives fp32's label to at least this "
-                             "share of validation reviews (default 0.99)")
+                             "share of validation reviews (default 0.995)")
+    parser.add_argument("--int8-max-accuracy-drop", type=float, default=None,
+                        help="... and loses at most this validation accuracy (default 0.001)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
     args = parser.parse_args(argv)
@@ -117,8 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--calibration-excerpts: {err}")
     if not 0 <= args.excerpts_per_review <= 20:
         parser.error("--excerpts-per-review must be between 0 and 20")
-    if args.int8_min_agreement is not None and not 0 <= args.int8_min_agreement <= 1:
-        parser.error("--int8-min-agreement must be between 0 and 1")
+    for name in ("int8_min_agreement", "int8_max_accuracy_drop"):
+        if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.calibration_size < 0:
         parser.error("--calibration-size must be >= 0")
     return args
@@ -381,7 +384,9 @@ def main(argv=None) -> dict:
             output_dir, trainer.model.float().cpu(), tokenizer, encoding,
             list(statistics_from["text"]), list(eval_set["text"]), val_labels, val_logits.exp(),
             quantize.MIN_AGREEMENT if args.int8_min_agreement is None
-            else args.int8_min_agreement)
+            else args.int8_min_agreement,
+            quantize.MAX_ACCURACY_DROP if args.int8_max_accuracy_drop is None
+            else args.int8_max_accuracy_drop)
         print(quantize.describe(int8), flush=True)
     else:  # no int8 model from an earlier run in this directory may be archived
         for path in quantize.int8_files(output_dir):
