@@ -18,14 +18,12 @@ import tempfile
 from pathlib import Path
 
 from training import model_card
+from training.quantize import int8_files
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_DIR = REPO / "handler"
 MODEL_FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"]
 OPTIONAL_FILES = ["special_tokens_map.json", "encoding.json", "calibration.json"]
-# the int8 OpenVINO model quantized after training (training/quantize.py): archived for the
-# openvino runtime only
-INT8_FILES = ["openvino_model_int8.xml", "openvino_model_int8.bin"]
 
 
 def check_run_dir(run_dir: Path) -> dict:
@@ -46,8 +44,8 @@ def archive_version(run_dir: Path, config_file: Path = HANDLER_DIR / "model-conf
     sha256): weights, config and tokenizer, encoding settings, temperature, handler code and
     model-config.yaml. Re-archiving the same run gives the same version; other weights,
     settings or code give another. The handler puts it into every answer."""
-    files = [run_dir / name for name in MODEL_FILES + OPTIONAL_FILES + INT8_FILES
-             if (run_dir / name).is_file()]
+    files = [run_dir / name for name in MODEL_FILES + OPTIONAL_FILES if (run_dir / name).is_file()]
+    files += [path for path in int8_files(run_dir) if path.is_file()]
     files += [*sorted(HANDLER_DIR.glob("*.py")), config_file]
     digest = hashlib.sha256()
     for path in files:
@@ -102,8 +100,8 @@ def main(argv=None) -> Path:
         model_card.write(metrics, Path(staging) / "MODEL_CARD.md", args.model_name, version)
         if cpu_runtime(args.config_file) == "openvino":
             write_openvino_ir(args.run_dir, Path(staging))
-            extra += [str(args.run_dir / name) for name in INT8_FILES
-                      if (args.run_dir / name).is_file()]
+            # the int8 model quantized after training (training/quantize.py), if it was kept
+            extra += [str(path) for path in int8_files(args.run_dir) if path.is_file()]
         extra += [str(args.run_dir / "metrics.json"), staging]
         command = [
             str(Path(sys.executable).parent / "torch-model-archiver"),

@@ -21,6 +21,7 @@ import torch
 from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
 from training.calibration import calibration_report, fit_temperature, nll, reliability_diagram
 from training.data import DEFAULT_DATA, LABEL_NAMES, DataError, load_reviews, take
+from training.quantize import MAX_ACCURACY_DROP, MIN_AGREEMENT
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT_REVIEWS = REPO / "data" / "short_reviews.jsonl"
@@ -94,11 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="quantize the trained model to int8 for the OpenVINO CPU runtime "
                              "(training/quantize.py)")
-    parser.add_argument("--int8-min-agreement", type=float, default=None,
+    parser.add_argument("--int8-min-agreement", type=float, default=MIN_AGREEMENT,
                         help="keep the int8 model only if it gives fp32's label to at least this "
-                             "share of validation reviews (default 0.995)")
-    parser.add_argument("--int8-max-accuracy-drop", type=float, default=None,
-                        help="... and loses at most this validation accuracy (default 0.001)")
+                             f"share of validation reviews (default {MIN_AGREEMENT})")
+    parser.add_argument("--int8-max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP,
+                        help="... and loses at most this validation accuracy (default "
+                             f"{MAX_ACCURACY_DROP})")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints")
     args = parser.parse_args(argv)
@@ -120,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0 <= args.excerpts_per_review <= 20:
         parser.error("--excerpts-per-review must be between 0 and 20")
     for name in ("int8_min_agreement", "int8_max_accuracy_drop"):
-        if getattr(args, name) is not None and not 0 <= getattr(args, name) <= 1:
+        if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.calibration_size < 0:
         parser.error("--calibration-size must be >= 0")
@@ -383,10 +385,7 @@ def main(argv=None) -> dict:
         int8 = quantize.quantize_run(
             output_dir, trainer.model.float().cpu(), tokenizer, encoding,
             list(statistics_from["text"]), list(eval_set["text"]), val_labels, val_logits.exp(),
-            quantize.MIN_AGREEMENT if args.int8_min_agreement is None
-            else args.int8_min_agreement,
-            quantize.MAX_ACCURACY_DROP if args.int8_max_accuracy_drop is None
-            else args.int8_max_accuracy_drop)
+            args.int8_min_agreement, args.int8_max_accuracy_drop)
         print(quantize.describe(int8), flush=True)
     else:  # no int8 model from an earlier run in this directory may be archived
         for path in quantize.int8_files(output_dir):
