@@ -53,8 +53,10 @@ def test_the_temperature_is_fitted_on_held_out_long_and_short_texts(calibrated_r
         assert report["samples"] == samples
         assert report["before"]["accuracy"] == report["after"]["accuracy"]
         assert {"ece", "nll", "brier"} <= set(report["before"]) == set(report["after"])
-        floor = report["ece_if_calibrated"]  # what a calibrated model would show at this size
-        assert 0 < floor["median"] <= floor["p95"] < 0.5
+        # what a calibrated model would show at this size; 0 where the tiny model is sure of
+        # every answer, as it may be on its own stories (the floor's maths: test_calibration.py)
+        floor = report["ece_if_calibrated"]
+        assert 0 <= floor["median"] <= floor["p95"] < 0.5 and floor["draws"] == 2000
     assert (run / "reliability.png").stat().st_size > 10_000
 
 
