@@ -2,6 +2,7 @@
 tests/conftest.py's `TorchServe`: serving/config.properties with loopback ports and the given
 model store) and the seed-style Flask baseline. Each runs in its own process group so `stop`
 ends it and all its children, and nothing else."""
+import gzip
 import os
 import signal
 import socket
@@ -52,11 +53,27 @@ def server_config(store: Path, ports: dict, **overrides) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_log(logs: Path, name: str) -> str:
+    """TorchServe's `logs/<name>.log` with what log4j2 rolled away before it, oldest first: the
+    shipped and the stock log4j2.xml roll every log at midnight and at 100 MB into
+    `<name>.<day>.log.gz`, so a server that runs past midnight has its start in those."""
+    rolled = sorted(Path(logs).glob(f"{name}.*.log.gz"), key=lambda path: path.stat().st_mtime)
+    parts = [gzip.decompress(path.read_bytes()).decode(errors="replace") for path in rolled]
+    current = Path(logs) / f"{name}.log"
+    if current.is_file():
+        parts.append(current.read_text(errors="replace"))
+    return "".join(parts)
+
+
 class Server:
     """A child process in its own session, with a log file and a health check."""
     process: subprocess.Popen
     workdir: Path
     log_name = "stdout.log"
+
+    def log(self, name: str) -> str:
+        """The whole of TorchServe's logs/<name>.log, rolled parts included (read_log)."""
+        return read_log(self.workdir / "logs", name)
 
     def log_tail(self, lines: int = 60) -> str:
         text = ""

@@ -110,7 +110,7 @@ def predict_once(mar: Path, texts: list[str], workdir: Path) -> tuple[list[dict]
         server.wait_ready()
         response = requests.post(server.url, json={"texts": texts}, timeout=60)
         assert response.status_code == 200, response.text
-        return response.json(), (workdir / "logs" / "model_log.log").read_text()
+        return response.json(), server.log("model_log")
 
 
 @pytest.fixture(scope="session")

@@ -242,10 +242,9 @@ def test_missing_or_corrupt_archive_is_logged_and_not_ready(fault, small_archive
                 "garbage weights": "Load model failed: bert_sentiment"}[fault]
     server = start_without_waiting(workdir, store)
     try:
-        log = workdir / "logs" / "ts_log.log"
         started = time.monotonic()
         while time.monotonic() - started < 60:
-            text = log.read_text(errors="replace") if log.is_file() else ""
+            text = server.log("ts_log")
             if expected in text:
                 break
             assert server.process.poll() is None, server.log_tail()

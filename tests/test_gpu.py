@@ -71,7 +71,7 @@ def served(workdir: Path, store: Path, gpus: int, workers: int = 1, **overrides)
 
 def loaded_devices(server) -> list[tuple[str, str]]:
     """(device, precision) of every model load the workers logged."""
-    return LOADED.findall((server.workdir / "logs" / "model_log.log").read_text())
+    return LOADED.findall(server.log("model_log"))
 
 
 def post(server, body, headers=TEXT, timeout=60):
@@ -334,7 +334,7 @@ def test_out_of_memory_in_a_worker_is_split_and_answered(wide_run, tmp_path, mon
     texts = long_texts(BIG_BATCH)
     with served(tmp_path / "ts", tmp_path / "store", gpus=1) as server:
         response = post(server, json.dumps({"texts": texts}), JSON, timeout=300)
-        log = (server.workdir / "logs" / "model_log.log").read_text()
+        log = server.log("model_log")
     assert response.status_code == 200, response.text
     assert len(response.json()) == BIG_BATCH
     assert "out of memory: retrying" in log, "the worker never ran out of memory: cap unused"
@@ -378,5 +378,5 @@ def test_device_side_assert_replaces_the_worker(short_table_run, tmp_path):
             time.sleep(0.5)
         print(f"\ndevice-side assert: 503 at once, new worker answering after "
               f"{time.monotonic() - started:.1f} s")
-        log = (server.workdir / "logs" / "model_log.log").read_text()
+        log = server.log("model_log")
     assert "this worker exits so that TorchServe replaces it" in log

@@ -114,8 +114,31 @@ def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(
                           temperature=load_temperature(tiny_run)).tolist()
     assert [a["probabilities"]["positive"] for a in served] == pytest.approx(
         [p[1] for p in offline], abs=1e-5)
-    log = (torchserve.workdir / "logs" / "model_log.log").read_text()
+    log = torchserve.log("model_log")
     assert "max_length=32" in log, "the handler does not log the encoding it serves with"
+
+
+def test_logs_are_read_with_what_log4j2_rolled_away_at_midnight(tmp_path):
+    """A server running past midnight has its start in logs/model_log.<day>.log.gz (CI failed a
+    log check that way): the tests' log reader takes the rolled parts, oldest first, under the
+    name the shipped log4j2.xml gives them."""
+    import gzip
+    import os
+    import re
+    from pathlib import Path
+
+    from benchmarks.launcher import read_log
+    shipped = (Path(__file__).parents[1] / "serving" / "log4j2.xml").read_text()
+    pattern = re.search(r'filePattern="\$\{logs\}/(model_log\.%d\{dd-MMM\}\.log\.gz)"', shipped)
+    assert pattern, "serving/log4j2.xml no longer rolls model_log as read_log expects"
+    for day, text, mtime in [("22-Nov", "second day\n", 2e9), ("21-Nov", "first day\n", 1e9)]:
+        rolled = tmp_path / pattern.group(1).replace("%d{dd-MMM}", day)
+        rolled.write_bytes(gzip.compress(text.encode()))
+        os.utime(rolled, (mtime, mtime))
+    (tmp_path / "model_log.log").write_text("after midnight\n")
+    (tmp_path / "ts_log.log").write_text("another log\n")
+    assert read_log(tmp_path, "model_log") == "first day\nsecond day\nafter midnight\n"
+    assert read_log(tmp_path, "access_log") == ""
 
 
 def test_config_may_lower_the_length_never_raise_it():

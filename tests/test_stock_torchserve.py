@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import free_port
+from benchmarks.launcher import free_port, read_log
 from tests.test_serving import assert_prediction
 
 pytestmark = pytest.mark.serve
@@ -77,9 +77,9 @@ def wait_ready(server, timeout=180):
         except (OSError, ValueError, KeyError, requests.RequestException):
             pass
         time.sleep(0.5)
-    logs = server["workdir"] / "logs" / "model_log.log"
     raise AssertionError("stock TorchServe did not get a READY worker:\n" +
-                         (logs.read_text()[-3000:] if logs.is_file() else "no model_log"))
+                         (read_log(server["workdir"] / "logs", "model_log")[-3000:]
+                          or "no model_log"))
 
 
 def test_predictions_on_a_stock_torchserve_with_token_auth(stock_server):
@@ -105,16 +105,15 @@ def test_custom_metrics_are_emitted_on_a_stock_torchserve(stock_server):
     metrics itself and emits them: the frontend receives every one (ts_log.log records what the
     worker sends). A stock frontend then drops undeclared model metrics from its own output
     unless `model_metrics_auto_detect=true`; serving/metrics.yaml declares them."""
-    ts_log = stock_server["workdir"] / "logs" / "ts_log.log"
     wanted = {"TextsPerBatch", "RequestsPerBatch", "TokensPerBatch", "TruncatedTexts",
               "PredictionsPerLabel", "HandlerInferenceTime"}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        text = ts_log.read_text() if ts_log.is_file() else ""
+        text = read_log(stock_server["workdir"] / "logs", "ts_log")
         if all(f"[METRICS]{name}." in text for name in wanted):
             break
         time.sleep(0.5)
     missing = [name for name in wanted if f"[METRICS]{name}." not in text]
     assert not missing, f"the worker never emitted {missing}"
-    model_log = (stock_server["workdir"] / "logs" / "model_log.log").read_text()
+    model_log = read_log(stock_server["workdir"] / "logs", "model_log")
     assert "not emitted" not in model_log and "MetricsCacheKeyError" not in model_log
