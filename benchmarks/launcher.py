@@ -21,34 +21,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def shipped_vmargs() -> str:
-    """serving/config.properties' JVM arguments (heap bound included), with the log4j2 file's
-    path made absolute: the server runs in its own work directory."""
-    for line in (REPO / "serving" / "config.properties").read_text().splitlines():
-        if line.startswith("vmargs="):
-            return " ".join(f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}"
-                            if arg.startswith("-Dlog4j.configurationFile=") else arg
-                            for arg in line.partition("=")[2].split())
-    return f"-Dlog4j.configurationFile={REPO / 'serving' / 'log4j2.xml'}"
+LOG4J_ARG = "-Dlog4j.configurationFile="
 
 
 def server_config(store: Path, ports: dict, **overrides) -> str:
-    """serving/config.properties with loopback ports, the given model store and overrides."""
+    """serving/config.properties with loopback ports, the given model store and overrides. Its
+    JVM arguments (heap bound included) are kept, with the log4j2 file's path made absolute:
+    the server runs in its own work directory."""
+    log4j = LOG4J_ARG + str(REPO / "serving" / "log4j2.xml")
     settings = {
         "inference_address": f"http://127.0.0.1:{ports['inference']}",
         "management_address": f"http://127.0.0.1:{ports['management']}",
         "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
         "model_store": str(store),
         "metrics_config": str(REPO / "serving" / "metrics.yaml"),
-        "vmargs": shipped_vmargs(),
         **{key: str(value) for key, value in overrides.items()},
     }
-    lines = []
+    lines, has_vmargs = [], "vmargs" in settings
     for line in (REPO / "serving" / "config.properties").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
+        key, _, value = line.partition("=")
+        key = key.strip()
         if key in settings:
             line = f"{key}={settings.pop(key)}"
+        elif key == "vmargs":
+            line = "vmargs=" + " ".join(log4j if arg.startswith(LOG4J_ARG) else arg
+                                        for arg in value.split())
+            has_vmargs = True
         lines.append(line)
+    if not has_vmargs:
+        settings["vmargs"] = log4j
     lines += [f"{key}={value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
 
@@ -77,11 +78,12 @@ class Server:
 
     def log_tail(self, lines: int = 60) -> str:
         text = ""
-        for name in (self.log_name, "logs/ts_log.log", "logs/model_log.log"):
-            path = self.workdir / name
-            if path.is_file():
-                text += f"\n--- {name}\n" + "\n".join(
-                    path.read_text(errors="replace").splitlines()[-lines:])
+        stdout = self.workdir / self.log_name
+        logs = {self.log_name: stdout.read_text(errors="replace") if stdout.is_file() else "",
+                "logs/ts_log.log": self.log("ts_log"), "logs/model_log.log": self.log("model_log")}
+        for name, log in logs.items():
+            if log:
+                text += f"\n--- {name}\n" + "\n".join(log.splitlines()[-lines:])
         return text
 
     def wait_for_prediction(self, timeout: float = 180, started: float | None = None) -> float:
