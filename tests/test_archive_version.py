@@ -82,6 +82,7 @@ def test_archive_carries_a_model_card_from_metrics(tiny_run, tmp_path):
         assert heading in card
     assert f"{100 * metrics['accuracy']:.2f} %" in card
     assert f"| preset | {metrics['preset']} |" in card
+    assert f"| attention dropout | {metrics['attention_dropout']} |" in card
     assert str(metrics["data_source"]) in card
     for limit in ("Sarcasm", "Non-English", "truncated head+tail"):
         assert limit in card

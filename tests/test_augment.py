@@ -133,3 +133,18 @@ def test_large_string_text_columns_work(reviews):
     large = reviews.cast_column("text", Value("large_string"))
     mixed = add_excerpts(large, ["last"], 1.0, seed=0)
     assert len(mixed) == 2 * len(reviews) and mixed.features["text"] == Value("large_string")
+
+
+def test_excerpts_may_be_cut_from_more_reviews_than_are_trained_on(reviews):
+    """Same number of excerpts (per_review x the training reviews), spread over more reviews."""
+    from datasets import concatenate_datasets
+    trained = reviews.select(range(50))
+    sources = concatenate_datasets([trained, reviews.select(range(50, 200))])
+    mixed = add_excerpts(trained, ["last", "first", "window"], 3.0, seed=2, sources=sources)
+    pieces = make_excerpts(sources, ["last", "first", "window"], 150 / 200, seed=2)
+    rows = Counter(zip(mixed["text"], mixed["label"]))
+    rows.subtract(zip(trained["text"], trained["label"]))
+    assert +rows == Counter(zip(pieces["text"], pieces["label"]))
+    assert len(pieces) == 150 and len(set(pieces["source"])) == 150  # one from each of 150
+    assert sum(source >= 50 for source in pieces["source"]) > 100  # most from reviews not trained on
+    assert all(row["label"] == sources[row["source"]]["label"] for row in pieces)

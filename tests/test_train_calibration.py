@@ -152,9 +152,34 @@ def test_the_calibration_excerpts_are_chosen_by_flag(tiny_base_model, story_dir,
     (["--augment", "last,middle"], "augmentation"),
     (["--excerpts-per-review", "-1"], "excerpts-per-review"),
     (["--calibration-size", "-5"], "calibration-size"),
+    (["--attention-dropout", "1"], "attention-dropout"),
+    (["--attention-dropout", "-0.1"], "attention-dropout"),
 ])
 def test_bad_training_flags_are_refused(flags, message, capsys):
     from training.train import parse_args
     with pytest.raises(SystemExit):
         parse_args(flags)
     assert message in capsys.readouterr().err
+
+
+def test_excerpts_are_cut_from_reviews_left_out_never_calibration_ones(tiny_base_model, story_dir,
+                                                                         tmp_path):
+    from training.data import load_reviews, take
+    from training.train import carve_calibration, excerpt_sources
+    splits, _ = load_reviews(str(story_dir), 24, 42)
+    pool = splits["train"]  # 136 reviews
+    calibration, train_set, spare, _ = carve_calibration(pool, take(pool, 60, 42), 24, 42)
+    assert (len(calibration), len(train_set), len(spare)) == (24, 60, 52)
+    texts = [set(part["text"]) for part in (calibration, train_set, spare)]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert excerpt_sources(train_set, spare, None) is train_set
+    sources = excerpt_sources(train_set, spare, 100)
+    assert sources["text"][:60] == train_set["text"] and set(sources["text"][60:]) <= texts[2]
+    for count in (59, 113):
+        with pytest.raises(SystemExit, match="between the 60 training reviews and 112"):
+            excerpt_sources(train_set, spare, count)
+    metrics = train_tiny(tiny_base_model, story_dir, tmp_path / "wide", "--epochs", "1",
+                         "--max-train-samples", "60", "--calibration-size", "24",
+                         "--excerpts-per-review", "1", "--excerpt-reviews", "100")
+    recipe = metrics["augmentation"]
+    assert (recipe["reviews"], recipe["excerpts"], recipe["cut_from_reviews"]) == (60, 60, 100)

@@ -51,6 +51,20 @@ def test_evaluate_reproduces_training_accuracy(tiny_run):
     assert json.loads((tiny_run / "eval-validation.json").read_text())["accuracy"] == scored["accuracy"]
 
 
+def test_attention_dropout_is_off_unless_asked_for(tiny_run, tiny_base_model):
+    """The quick preset trains without dropout on the attention probabilities: with it, PyTorch's
+    CPU attention leaves its fused kernel for one that builds the whole attention matrix (and a
+    random mask the same size), which made the quick preset's long batches ~1.8x slower."""
+    from training.train import load_base, parse_args
+    assert json.loads((tiny_run / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
+    assert json.loads((tiny_run / "metrics.json").read_text())["attention_dropout"] == 0.0
+    assert parse_args(["--preset", "full"]).attention_dropout == 0.1  # as measured on a GPU
+    args = parse_args(["--attention-dropout", "0.25"])
+    _, model = load_base(str(tiny_base_model), args.attention_dropout)
+    attention = model.bert.encoder.layer[0].attention.self
+    assert model.config.attention_probs_dropout_prob == 0.25 and attention.dropout.p == 0.25
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):
     from tests.conftest import train_tiny
     output = tmp_path / "resumed"

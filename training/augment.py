@@ -143,13 +143,17 @@ def make_excerpts(dataset: Dataset, kinds: list[str], per_review: float, seed: i
 
 
 def add_excerpts(dataset: Dataset, kinds: list[str], per_review: float, seed: int,
-                 min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> Dataset:
-    """`dataset`'s text and label plus its excerpts, shuffled with `seed`. With no kinds or
+                 min_words: int = MIN_WORDS, max_words: int = MAX_WORDS,
+                 sources: Dataset | None = None) -> Dataset:
+    """`dataset`'s text and label plus round(per_review * len(dataset)) excerpts, cut from
+    `sources` (default: `dataset` itself) and shuffled with `seed`. With no kinds or
     per_review = 0 the dataset is returned unchanged (not shuffled): the unaugmented baseline."""
     if not kinds or per_review == 0:
         check_recipe(dataset, kinds, per_review, min_words, max_words)
         return dataset
-    pieces = make_excerpts(dataset, kinds, per_review, seed, min_words, max_words)
+    sources = dataset if sources is None else sources
+    pieces = make_excerpts(sources, kinds, per_review * len(dataset) / len(sources), seed,
+                           min_words, max_words)
     columns = ["text", "label"]
     return concatenate_datasets([dataset.select_columns(columns),
                                  pieces.select_columns(columns)]).shuffle(seed=seed)
@@ -157,7 +161,7 @@ def add_excerpts(dataset: Dataset, kinds: list[str], per_review: float, seed: in
 
 def describe(kinds: list[str], per_review: float, seed: int, min_words: int = MIN_WORDS,
              max_words: int = MAX_WORDS, reviews: int | None = None,
-             excerpts: int | None = None) -> dict:
+             excerpts: int | None = None, sources: int | None = None) -> dict:
     """The recipe as metrics.json records it (with the row counts when given)."""
     recipe = {"kinds": list(kinds), "excerpts_per_review": per_review if kinds else 0.0,
               "words": [min_words, max_words], "seed": seed,
@@ -167,4 +171,6 @@ def describe(kinds: list[str], per_review: float, seed: int, min_words: int = MI
         recipe["reviews"] = reviews
     if excerpts is not None:
         recipe["excerpts"] = excerpts
+    if sources is not None:
+        recipe["cut_from_reviews"] = sources
     return recipe

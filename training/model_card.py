@@ -66,6 +66,7 @@ def training_section(metrics: dict) -> list[str]:
             ("max length", metrics.get("max_length")), ("truncation", metrics.get("truncation")),
             ("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("learning rate", metrics.get("learning_rate")),
+            ("attention dropout", metrics.get("attention_dropout")),
             ("precision", metrics.get("mixed_precision")), ("device", metrics.get("device")),
             ("seed", metrics.get("seed")), ("train time", metrics.get("train_time_s") and
                                              f"{metrics['train_time_s']} s")]
