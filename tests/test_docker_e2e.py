@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from benchmarks.launcher import free_port
-from tests.test_serving import assert_prediction, predict
+from tests.test_serving import assert_prediction, predict, workers_once_settled
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -240,7 +240,7 @@ def test_workers_scale_through_the_loopback_management_port(stack):
     response = requests.put(f"{stack.management}/models/bert_sentiment",
                             params={"min_worker": 2, "synchronous": "true"}, timeout=180)
     assert response.status_code == 200, response.text
-    workers = stack.describe()["workers"]
+    workers = workers_once_settled(stack, 2, timeout=10)
     assert len(workers) == 2 and all(w["status"] == "READY" for w in workers), workers
     assert predict(stack, "great").status_code == 200
 
@@ -249,10 +249,8 @@ def test_workers_scale_through_the_loopback_management_port(stack):
     response = requests.put(f"{stack.management}/models/bert_sentiment",
                             params={"min_worker": 1, "max_worker": 1}, timeout=60)
     assert response.status_code in (200, 202), response.text
-    deadline = time.monotonic() + 60
-    while len(stack.describe()["workers"]) != 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert len(stack.describe()["workers"]) == 1
+    workers = workers_once_settled(stack, 1, timeout=60)
+    assert len(workers) == 1 and workers[0]["status"] == "READY", workers
 
 
 def test_prometheus_metrics_on_the_loopback_metrics_port(stack):

@@ -28,6 +28,21 @@ def assert_prediction(answer: dict):
     assert answer["probabilities"][answer["label"]] == answer["score"]
 
 
+def workers_once_settled(server, count: int, timeout: float) -> list[dict]:
+    """The model's workers once there are `count` of them, all READY, or as they are at the
+    deadline. Even a synchronous scale-up needs the wait: TorchServe 0.12 answers it when the new
+    worker reports its model loaded (WorkerThread.setState notifies its listener first), a moment
+    before describe shows that worker READY rather than UNLOADING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = server.describe()["workers"]
+        if len(workers) == count and all(w["status"] == "READY" for w in workers):
+            return workers
+        if time.monotonic() > deadline:
+            return workers
+        time.sleep(0.5)
+
+
 def test_plain_text_request(torchserve):
     response = predict(torchserve, "A wonderful, moving film.")
     assert response.status_code == 200, response.text
@@ -196,17 +211,15 @@ def test_describe_and_scale_workers(torchserve):
     url = f"{torchserve.management}/models/bert_sentiment"
     response = requests.put(f"{url}?min_worker=2&synchronous=true", timeout=180)
     assert response.status_code == 200, response.text
-    workers = torchserve.describe()["workers"]
-    assert len(workers) == 2 and all(w["status"] == "READY" for w in workers)
+    workers = workers_once_settled(torchserve, 2, timeout=10)
+    assert len(workers) == 2 and all(w["status"] == "READY" for w in workers), workers
     assert predict(torchserve, "superb").status_code == 200
     # TorchServe 0.12 may answer a synchronous scale-down with a spurious 500 although it
     # scales down, so scale down asynchronously and watch describe
     response = requests.put(f"{url}?min_worker=1&max_worker=1", timeout=60)
     assert response.status_code in (200, 202), response.text
-    deadline = time.monotonic() + 60
-    while len(torchserve.describe()["workers"]) != 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(torchserve.describe()["workers"]) == 1
+    workers = workers_once_settled(torchserve, 1, timeout=60)
+    assert len(workers) == 1 and workers[0]["status"] == "READY", workers
 
 
 def test_model_registration_over_the_api_is_disabled(torchserve):
