@@ -97,12 +97,19 @@ def test_completeness_on_minilm_at_the_shipped_steps(minilm):
 def test_completeness_on_the_tiny_trained_model(tiny_model):
     """The tiny model is trained hard (learning rate 3e-3, 8 epochs), so its logit is steep
     along the path from baseline to text: 20 steps leave a few texts 10-20 % off, and the
-    integral must converge with more steps (100 here; its training is not bit-reproducible
-    across thread schedules, and at 50 steps one text in 120 was still 11 % off now and then)."""
+    integral must converge with more steps (100 here; at 50 one text in 120 was still 11 % off
+    now and then). About half the texts move the logit less than CLEAR from the baseline's; for
+    them the error is taken against CLEAR: a relative error of a near-zero difference measures
+    rounding (the worst texts were those every time we looked; CI once saw one 13 % off). Its
+    training is not bit-reproducible across runs and thread schedules, so this must hold for
+    whichever model comes out."""
     model, tokenizer, settings = tiny_model  # fine-tuned on reviews whose cue words decide
     results = completeness(model, tokenizer, validation_like(120), settings, n_steps=100)
     assert len(results) >= 100
-    assert max(error for _, error in results) <= TOLERANCE, sorted(results)[-5:]
+    assert sum(abs(difference) >= CLEAR for difference, _ in results) >= 30
+    errors = [error * abs(difference) / max(abs(difference), CLEAR)
+              for difference, error in results]
+    assert max(errors) <= TOLERANCE, sorted(results, key=lambda result: result[1])[-5:]
 
 
 @pytest.mark.parametrize("text, loaded", [

@@ -8,7 +8,8 @@ and back again, v1 -> v2 -> v1, while clients send predictions: not one may fail
 
     pytest tests/test_model_rollout.py -s     (prints the timings; docs/ROLLOUTS.md)
 
-v2 is the tiny run with its classifier bias shifted, so each answer tells which version gave it.
+v2 is the tiny run with its classifier's two rows swapped, so each answer tells which version
+gave it.
 The server is a native TorchServe on free loopback ports (benchmarks/launcher.py's config, but
 started without --disable-token-auth: this mode needs token auth).
 """
@@ -95,16 +96,19 @@ def manifest_version(mar: Path) -> str:
 
 @pytest.fixture(scope="session")
 def two_archives(tiny_run, tiny_archive, tmp_path_factory) -> tuple[Path, Path]:
-    """(v1, v2): the tiny archive, and the same run with its positive logit raised by 1.5,
-    archived with the same model-config.yaml (so under another version: other weights)."""
-    import torch
+    """(v1, v2): the tiny archive, and the same run with its two classifier rows swapped,
+    archived with the same model-config.yaml (so under another version: other weights). v2's
+    positive probability is v1's negative one, so the two answer any clear review far apart (a
+    shifted bias did not: the tiny model is not bit-reproducible, and when it came out sure of
+    the probe, 0.950 and 0.988 told the versions apart by less than the tests' 0.05)."""
     from safetensors.torch import load_file, save_file
 
     from training.archive import main
     run = tmp_path_factory.mktemp("runs") / "tiny-v2"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
     weights = load_file(run / "model.safetensors")
-    weights["classifier.bias"] = weights["classifier.bias"] + torch.tensor([0.0, 1.5])
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name].flip(0).contiguous()
     save_file(weights, run / "model.safetensors", metadata={"format": "pt"})
     work = tmp_path_factory.mktemp("v2-archive")
     with zipfile.ZipFile(tiny_archive) as archive:
