@@ -58,11 +58,42 @@ def test_attention_dropout_is_off_unless_asked_for(tiny_run, tiny_base_model):
     from training.train import load_base, parse_args
     assert json.loads((tiny_run / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     assert json.loads((tiny_run / "metrics.json").read_text())["attention_dropout"] == 0.0
-    assert parse_args(["--preset", "full"]).attention_dropout == 0.1  # as measured on a GPU
     args = parse_args(["--attention-dropout", "0.25"])
     _, model = load_base(str(tiny_base_model), args.attention_dropout)
     attention = model.bert.encoder.layer[0].attention.self
     assert model.config.attention_probs_dropout_prob == 0.25 and attention.dropout.p == 0.25
+
+
+def test_attention_dropout_reaches_distilbert_and_full_keeps_the_base_models(
+        tiny_base_model, reviews_dir, tmp_path):
+    """DistilBERT (a base model the README names) calls the setting attention_dropout, not
+    attention_probs_dropout_prob: training must run on it (passing BERT's key crashed it), the
+    quick preset's 0 must reach it (the CPU speed-up), and the full preset leaves every base
+    model its own value."""
+    from transformers import BertConfig, BertTokenizer, DistilBertConfig, DistilBertModel
+
+    from tests.conftest import train_tiny
+    from training.train import load_base, parse_args
+    path = tmp_path / "tiny-distilbert"
+    tokenizer = BertTokenizer.from_pretrained(tiny_base_model)  # DistilBERT's is WordPiece too
+    tokenizer.save_pretrained(path)
+    vocab_size = BertConfig.from_pretrained(tiny_base_model).vocab_size
+    DistilBertModel(DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2,
+                                     hidden_dim=64, max_position_embeddings=128,
+                                     attention_dropout=0.3)).save_pretrained(path)
+
+    metrics = train_tiny(path, reviews_dir, tmp_path / "run", "--no-int8")  # quick preset
+    assert metrics["attention_dropout"] == 0.0 and metrics["accuracy"] > 0.5
+    trained = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert trained["attention_dropout"] == 0.0 and "attention_probs_dropout_prob" not in trained
+    _, model = load_base(str(path), 0.2)
+    assert model.distilbert.transformer.layer[0].attention.dropout.p == 0.2
+
+    assert parse_args(["--preset", "full"]).attention_dropout is None
+    _, model = load_base(str(path), None)
+    assert model.distilbert.transformer.layer[0].attention.dropout.p == 0.3
+    _, model = load_base(str(tiny_base_model), None)
+    assert model.config.attention_probs_dropout_prob == 0.1  # BERT's own default
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):

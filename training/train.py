@@ -36,7 +36,7 @@ CALIBRATION_EXCERPTS = ["last", "window"]
 # attention_dropout: PyTorch's CPU attention runs its fused kernel only without dropout; with the
 # base model's 0.1 it builds every attention matrix and a random mask as large. The quick preset
 # at 0 trained in 433 s instead of 763 s on 2 CPU cores, at 0.8965 validation accuracy against
-# 0.8955. The full preset keeps 0.1, the setting its numbers were measured with on a GPU.
+# 0.8955. The full preset (None) keeps the base model's own (MiniLM's 0.1, as measured on a GPU).
 PRESETS = {
     # what `make up` trains on first start: 3,000 reviews and ~8,700 excerpts, one epoch
     "quick": dict(max_train_samples=3000, max_eval_samples=2000, max_length=256, epochs=1,
@@ -46,8 +46,10 @@ PRESETS = {
     # 2 CPU cores
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
                  learning_rate=5e-5, augment="last,first,window", excerpts_per_review=6.0,
-                 attention_dropout=0.1),
+                 attention_dropout=None),
 }
+# what BERT-style configs (BERT, RoBERTa, MiniLM, ELECTRA) and DistilBERT's call attention dropout
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 # reviews per optimizer step unless --batch-size says otherwise: a GPU has the memory and is
 # faster per review with larger batches; on the CPU 16 is as fast per review and steps more often
 CPU_BATCH_SIZE, GPU_BATCH_SIZE = 16, 32
@@ -81,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.1, help="warmup ratio")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--attention-dropout", type=float,
-                        help="dropout on the attention probabilities (BERT-style configs' "
-                             "attention_probs_dropout_prob; the base model's own: 0.1)")
+                        help="dropout on the attention probabilities (quick: 0; full: the base "
+                             "model's own, 0.1 for MiniLM and BERT)")
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--validation-size", type=int, default=2000,
@@ -139,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.calibration_size < 0:
         parser.error("--calibration-size must be >= 0")
-    if not 0 <= args.attention_dropout < 1:
+    if args.attention_dropout is not None and not 0 <= args.attention_dropout < 1:
         parser.error("--attention-dropout must be >= 0 and < 1")
     return args
 
@@ -163,14 +165,27 @@ def check_output_dir(path: Path) -> None:
         raise SystemExit(f"error: output directory {path} is not writable: {err}")
 
 
-def load_base(name: str, attention_dropout: float):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def attention_dropout_key(config) -> str | None:
+    """The config's name for dropout on the attention probabilities, if it has one."""
+    return next((key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), None)
+
+
+def load_base(name: str, attention_dropout: float | None):
+    """Tokenizer and classifier from the base model; attention_dropout None keeps its own."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name, num_labels=len(LABEL_NAMES), attention_probs_dropout_prob=attention_dropout,
-            id2label=dict(enumerate(LABEL_NAMES)),
+        config = AutoConfig.from_pretrained(
+            name, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
             label2id={label: i for i, label in enumerate(LABEL_NAMES)})
+        key = attention_dropout_key(config)
+        if attention_dropout is not None and key is None:
+            print(f"note: base model {name!r} has no attention dropout setting "
+                  f"({' or '.join(ATTENTION_DROPOUT_KEYS)}); --attention-dropout does not apply",
+                  flush=True)
+        elif attention_dropout is not None:
+            setattr(config, key, attention_dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load base model {name!r}: {err}")
     return tokenizer, model
@@ -335,6 +350,8 @@ def main(argv=None) -> dict:
           f"calibration: {calibration_source}", flush=True)
 
     tokenizer, model = load_base(base_model, args.attention_dropout)
+    key = attention_dropout_key(model.config)
+    attention_dropout = getattr(model.config, key) if key else None  # as trained, for metrics
     encoding = EncodingSettings(max_length=args.max_length)
 
     def encode(batch):
@@ -441,7 +458,7 @@ def main(argv=None) -> dict:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "attention_dropout": args.attention_dropout,
+        "attention_dropout": attention_dropout,
         "mixed_precision": precision,
         "optimizer": OPTIMIZER,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
