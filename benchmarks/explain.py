@@ -128,7 +128,8 @@ def completeness(run_dir: Path, texts: list[str], precisions, n_steps: int,
         at_input, at_baseline = explainer.target_logits(encoded, targets)
         scores = explainer.token_attributions(encoded, targets)
         differences = [a - b for a, b in zip(at_input, at_baseline)]
-        errors = sorted(abs(sum(s) - d) / abs(d) for s, d in zip(scores, differences))
+        # (a saturated model can leave a text's logit exactly at its baseline's)
+        errors = sorted(abs(sum(s) - d) / max(abs(d), 1e-9) for s, d in zip(scores, differences))
         # a relative error of a difference near 0 measures rounding, not the method
         clear = [abs(sum(s) - d) / abs(d) for s, d in zip(scores, differences) if abs(d) >= 0.1]
         report[precision] = {

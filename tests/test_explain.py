@@ -58,7 +58,9 @@ def predicted(model, encoded, explainer) -> list[int]:
 
 
 def completeness(model, tokenizer, texts, settings, n_steps=20, autocast_dtype=None):
-    """(logit difference, relative error of the attributions' sum) per text."""
+    """(logit difference, error of the attributions' sum relative to the difference) per text.
+    A difference under CLEAR is taken as CLEAR: a relative error of a near-zero difference
+    measures rounding (a saturated model can even give a difference of exactly 0)."""
     explainer = Explainer(model, tokenizer.pad_token_id, n_steps=n_steps, token_budget=4096,
                           autocast_dtype=autocast_dtype)
     encoded = encode_reviews(tokenizer, texts, settings, return_offsets=True)
@@ -71,7 +73,8 @@ def completeness(model, tokenizer, texts, settings, n_steps=20, autocast_dtype=N
         words = word_attributions(text, encoded["offsets"][i], encoded["word_ids"][i], scores[i])
         # [CLS]/[SEP] are in the baseline too: all of the difference is carried by words
         assert sum(w["score"] for w in words) == pytest.approx(sum(scores[i]), abs=1e-4)
-        results.append((difference, abs(sum(scores[i]) - difference) / abs(difference)))
+        results.append((difference,
+                        abs(sum(scores[i]) - difference) / max(abs(difference), CLEAR)))
     return results
 
 
@@ -95,21 +98,25 @@ def test_completeness_on_minilm_at_the_shipped_steps(minilm):
 
 
 def test_completeness_on_the_tiny_trained_model(tiny_model):
-    """The tiny model is trained hard (learning rate 3e-3, 8 epochs), so its logit is steep
-    along the path from baseline to text: 20 steps leave a few texts 10-20 % off, and the
-    integral must converge with more steps (100 here; at 50 one text in 120 was still 11 % off
-    now and then). About half the texts move the logit less than CLEAR from the baseline's; for
-    them the error is taken against CLEAR: a relative error of a near-zero difference measures
-    rounding (the worst texts were those every time we looked; CI once saw one 13 % off). Its
-    training is not bit-reproducible across runs and thread schedules, so this must hold for
-    whichever model comes out."""
+    """Completeness holds in the limit of the path integral, for whichever model comes out: the
+    tiny run's training is not bit-reproducible across runs and thread schedules. One run's
+    model moves the logit gently (all texts within 0.05 % at 100 steps); another saturates its
+    tanh pooler along a short stretch of the path (logit differences of 2.22, CI saw texts 4-7 %
+    off at 100 steps). So the texts that miss at 100 steps are integrated again with 1000: a
+    steep but correct integrand converges (a pooler made 4x steeper here: 9 % -> 0.001 %), a
+    wrong baseline, target or batch row does not. About half the texts move the logit less
+    than CLEAR from the baseline's; their error is taken against CLEAR (completeness())."""
     model, tokenizer, settings = tiny_model  # fine-tuned on reviews whose cue words decide
-    results = completeness(model, tokenizer, validation_like(120), settings, n_steps=100)
+    texts = validation_like(120)
+
+    results = completeness(model, tokenizer, texts, settings, n_steps=100)
     assert len(results) >= 100
     assert sum(abs(difference) >= CLEAR for difference, _ in results) >= 30
-    errors = [error * abs(difference) / max(abs(difference), CLEAR)
-              for difference, error in results]
-    assert max(errors) <= TOLERANCE, sorted(results, key=lambda result: result[1])[-5:]
+    missed = [text for text, (_, error) in zip(texts, results) if error > TOLERANCE]
+    if missed:
+        again = completeness(model, tokenizer, missed, settings, n_steps=1000)
+        assert max(error for _, error in again) <= TOLERANCE, \
+            sorted(again, key=lambda result: result[1])[-5:]
 
 
 @pytest.mark.parametrize("text, loaded", [
