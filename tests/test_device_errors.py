@@ -7,7 +7,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -170,12 +169,10 @@ print("still alive", flush=True)
 
 
 def test_fatal_device_error_answers_503_then_the_worker_exits(tiny_run):
-    started = time.monotonic()
     child = subprocess.run([sys.executable, "-c", FATAL_CHILD, str(tiny_run)], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == EXIT_CODE_DEVICE_FAILED, child.stderr[-2000:]
-    assert "still alive" not in child.stdout
-    assert time.monotonic() - started < 60
+    assert "still alive" not in child.stdout  # it exited; it did not sleep its 60 s out
     report = json.loads(child.stdout.strip().splitlines()[-1])
     assert report["statuses"] == [503, 503]
     assert report["retry_after"] == ["5", "5"]

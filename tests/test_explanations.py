@@ -43,15 +43,27 @@ def assert_explanation(answer: dict, text: str, version: str):
         end = word["end"]
 
 
-def test_plain_text_explanation(torchserve, tiny_archive):
+def test_plain_text_explanation(torchserve, tiny_archive, tiny_run):
+    """The served explanation is the handler's own, run offline on the run directory with the
+    archive's settings (fp32, OpenVINO for the prediction, fp32 torch for the gradients). What
+    the tiny model attributes is not asserted: its training is not bit-reproducible, and which
+    word a model that learned sentiment ranks first is checked on MiniLM (test_explain.py)."""
+    from benchmarks.gpu import load_handler
     text = "The film was awful."
     response = post(torchserve, text, TEXT)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     answer = response.json()
     assert_explanation(answer, text, archive_version(tiny_archive))
-    assert answer["label"] == "negative"
-    assert max(answer["attributions"], key=lambda w: abs(w["score"]))["word"] == "awful"
+    handler = load_handler(tiny_run, "cpu", cpu_precision="fp32", cpu_runtime="openvino")
+    (offline,) = handler.predict([text])
+    handler.add_attributions([text], [offline])
+    assert answer["label"] == offline["label"]
+    assert answer["probabilities"] == pytest.approx(offline["probabilities"], abs=1e-4)
+    spans = [(w["word"], w["start"], w["end"]) for w in answer["attributions"]]
+    assert spans == [(w["word"], w["start"], w["end"]) for w in offline["attributions"]]
+    assert [w["score"] for w in answer["attributions"]] == pytest.approx(
+        [w["score"] for w in offline["attributions"]], abs=1e-4)
 
 
 def test_json_and_form_explanations(torchserve, tiny_archive):

@@ -40,7 +40,7 @@ def hub():
         yield server
 
 
-def run_python(args: list[str], hub: FakeHub, tmp_path, offline: bool = False, timeout=120):
+def run_python(args: list[str], hub: FakeHub, tmp_path, offline: bool = False, timeout=300):
     """Run `python ARGS` in the repository with an empty HF cache, talking only to the fake hub."""
     hub.requests.clear()
     flag = "1" if offline else "0"

@@ -18,8 +18,9 @@ def test_training_loss_goes_down(tiny_run):
     checkpoint = sorted((tiny_run / "checkpoints").glob("checkpoint-*"))[-1]
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert len(losses) >= 4
-    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2
+    assert len(losses) >= 8
+    quarter = len(losses) // 4  # single logged batches are noisy: compare quarters
+    assert sum(losses[-quarter:]) / quarter < 0.8 * sum(losses[:quarter]) / quarter
 
 
 def test_export_reloads_with_labels(tiny_run):
@@ -36,7 +37,9 @@ def test_metrics_report_has_every_field(tiny_run):
     assert METRIC_FIELDS <= set(metrics)
     assert metrics["split_sizes"] == {"train": 96, "validation": 24}
     assert sum(map(sum, metrics["confusion_matrix"])) == 24
-    assert metrics["accuracy"] >= 0.9  # the synthetic cue words make the task separable
+    # the synthetic cue words make the task separable; a label or shuffling bug scores about
+    # 0.5 (20 of 24 by chance: p < 0.001), and how well a CPU run learns is not reproducible
+    assert metrics["accuracy"] >= 0.8
     assert {"torch", "transformers", "datasets"} <= set(metrics["library_versions"])
 
 
