@@ -108,7 +108,6 @@ def test_completeness_on_the_tiny_trained_model(tiny_model):
     than CLEAR from the baseline's; their error is taken against CLEAR (completeness())."""
     model, tokenizer, settings = tiny_model  # fine-tuned on reviews whose cue words decide
     texts = validation_like(120)
-
     results = completeness(model, tokenizer, texts, settings, n_steps=100)
     assert len(results) >= 100
     assert sum(abs(difference) >= CLEAR for difference, _ in results) >= 30

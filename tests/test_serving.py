@@ -36,9 +36,8 @@ def workers_once_settled(server, count: int, timeout: float) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         workers = server.describe()["workers"]
-        if len(workers) == count and all(w["status"] == "READY" for w in workers):
-            return workers
-        if time.monotonic() > deadline:
+        settled = len(workers) == count and all(w["status"] == "READY" for w in workers)
+        if settled or time.monotonic() > deadline:
             return workers
         time.sleep(0.5)
 
