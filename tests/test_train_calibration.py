@@ -163,7 +163,7 @@ def test_bad_training_flags_are_refused(flags, message, capsys):
 
 
 def test_excerpts_are_cut_from_reviews_left_out_never_calibration_ones(tiny_base_model, story_dir,
-                                                                         tmp_path):
+                                                                         tmp_path, capsys):
     from training.data import load_reviews, take
     from training.train import carve_calibration, excerpt_sources
     splits, _ = load_reviews(str(story_dir), 24, 42)
@@ -175,9 +175,12 @@ def test_excerpts_are_cut_from_reviews_left_out_never_calibration_ones(tiny_base
     assert excerpt_sources(train_set, spare, None) is train_set
     sources = excerpt_sources(train_set, spare, 100)
     assert sources["text"][:60] == train_set["text"] and set(sources["text"][60:]) <= texts[2]
-    for count in (59, 113):
-        with pytest.raises(SystemExit, match="between the 60 training reviews and 112"):
-            excerpt_sources(train_set, spare, count)
+    # a count outside [training reviews, all there are] is held inside it, with a note
+    assert excerpt_sources(train_set, spare, 59) is train_set
+    everything = excerpt_sources(train_set, spare, 113)
+    assert len(everything) == 112 and set(everything["text"][60:]) == texts[2]
+    notes = capsys.readouterr().out
+    assert "cut from 60 reviews" in notes and "cut from 112 reviews" in notes
     metrics = train_tiny(tiny_base_model, story_dir, tmp_path / "wide", "--epochs", "1",
                          "--max-train-samples", "60", "--calibration-size", "24",
                          "--excerpts-per-review", "1", "--excerpt-reviews", "100")
