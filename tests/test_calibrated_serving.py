@@ -8,7 +8,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import NEGATIVE, POSITIVE, REPO
 from tests.test_bad_input import isolated_server
 from tests.test_serving import long_reviews
 
@@ -27,7 +27,10 @@ def calibrated(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
     (run / "calibration.json").write_text(json.dumps({"temperature": TEMPERATURE}))
-    texts = long_reviews(12, seed=11) + ["great wonderful", "awful boring", "the movie plot"]
+    # plus texts from all negative to all positive words: a tiny model that saturates (CI's gave
+    # every review the same confidence to 1e-4) still answers these with confidences apart
+    mixed = [" ".join(POSITIVE[:k] + NEGATIVE[k:]) for k in range(len(POSITIVE) + 1)]
+    texts = long_reviews(12, seed=11) + ["great wonderful", "awful boring", "the movie plot"] + mixed
     model = AutoModelForSequenceClassification.from_pretrained(run).eval()
     tokenizer = AutoTokenizer.from_pretrained(run)
     encoding = EncodingSettings.load(run)
