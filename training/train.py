@@ -35,10 +35,10 @@ CALIBRATION_EXCERPTS = ["last", "window"]
 # against 0.927 / 0.850 and 0.914 / 0.821), and max length 512 did not pay (0.925 / 0.842).
 PRESETS = {
     # what `make up` trains on first start: 2,000 reviews and ~15,500 excerpts cut from 8,000
-    # reviews (two of each), one epoch. Measured on 2 CPU cores against 3,000 reviews + 3 excerpts
-    # of each at about the same training time: validation 0.903 / short reviews 0.825 against
-    # 0.899 / 0.783, and at seed 7 0.9065 / 0.792 against 0.898 / 0.796 (README, "Tried on this
-    # CPU")
+    # reviews (two of each), one epoch. Measured on 2 AMD EPYC cores (bf16) against 3,000 reviews
+    # + 3 excerpts of each at about the same training time: validation 0.903 / short reviews
+    # 0.825 against 0.899 / 0.783, and at seed 7 0.9065 / 0.792 against 0.898 / 0.796 (README,
+    # "Tried on this CPU")
     "quick": dict(max_train_samples=2000, max_eval_samples=2000, max_length=256, epochs=1,
                   learning_rate=5e-5, augment="last,first,window", excerpts_per_review=8.0,
                   excerpt_reviews=8000),
@@ -102,8 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--excerpt-reviews", type=int,
                         help="cut the excerpts (still excerpts-per-review x training reviews of "
                              "them) from this many train-split reviews: the training reviews, "
-                             "then ones left out of training (quick: 8000; full: the training "
-                             "reviews)")
+                             "then ones left out of training (quick: "
+                             f"{PRESETS['quick']['excerpt_reviews']}; full: the training reviews)")
     parser.add_argument("--calibration-size", type=int, default=1000,
                         help="held-out train reviews (plus their excerpts) the temperature is "
                              "fitted on; 0 = no temperature")
