@@ -205,7 +205,7 @@ def measure_served(run_dir: Path, config: dict, device, precision: str, max_leng
 
     import torch
 
-    from benchmarks.launcher import TorchServe
+    from harness.server import TorchServe
     from training.archive import main as archive_main
     workdir.mkdir(parents=True)
     yaml_path = write_model_config(config, device, precision, max_length,

@@ -158,7 +158,7 @@ def measure_server(server, texts, levels, args) -> dict:
 
 
 def run_benchmark(args) -> dict:
-    from benchmarks.launcher import SeedBaseline, TorchServe
+    from harness.server import SeedBaseline, TorchServe
     from benchmarks.texts import load_split
     run_meta = json.loads((args.run / "metrics.json").read_text())
     max_length = args.max_length or run_meta.get("max_length", 256)

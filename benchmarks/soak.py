@@ -32,7 +32,7 @@ import aiohttp
 import psutil
 import requests
 
-from benchmarks.launcher import TorchServe
+from harness.server import TorchServe
 from benchmarks.stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from benchmarks.launcher import TorchServe  # noqa: E402
+from harness.server import TorchServe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 POSITIVE = ["great", "wonderful", "loved", "brilliant", "superb", "moving"]

@@ -107,7 +107,7 @@ def test_load_is_only_sent_to_loopback():
 
 @pytest.mark.serve
 def test_smoke_load_against_tiny_torchserve_and_seed(tiny_archive, tiny_run, tmp_path):
-    from benchmarks.launcher import SeedBaseline, TorchServe
+    from harness.server import SeedBaseline, TorchServe
     from benchmarks.loadgen import load_levels
     from tests.conftest import synthetic_reviews
     texts = synthetic_reviews(30, seed=9)["text"].tolist()

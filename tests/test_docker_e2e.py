@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import free_port
+from harness.server import free_port
 from tests.test_serving import assert_prediction, predict, workers_once_settled
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

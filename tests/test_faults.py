@@ -213,7 +213,7 @@ def test_worker_killed_under_load(server):
 
 def start_without_waiting(workdir, store):
     """A server on an unusable store: nothing becomes READY, so do not wait_ready."""
-    from benchmarks.launcher import TorchServe
+    from harness.server import TorchServe
     return TorchServe(workdir, store)
 
 

@@ -23,7 +23,7 @@ import requests
 import torch
 
 from benchmarks.gpu import load_handler
-from benchmarks.launcher import TorchServe
+from harness.server import TorchServe
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, REPO, SPECIAL, synthetic_reviews
 
 pytestmark = [

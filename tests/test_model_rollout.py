@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import MODEL_NAME, TorchServe
+from harness.server import MODEL_NAME, TorchServe
 
 pytestmark = pytest.mark.serve
 

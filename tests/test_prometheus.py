@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from benchmarks.launcher import free_port
+from harness.server import free_port
 
 pytestmark = pytest.mark.serve
 

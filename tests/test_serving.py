@@ -141,7 +141,7 @@ def test_logs_are_read_with_what_log4j2_rolled_away_at_midnight(tmp_path):
     import re
     from pathlib import Path
 
-    from benchmarks.launcher import read_log
+    from harness.server import read_log
     shipped = (Path(__file__).parents[1] / "serving" / "log4j2.xml").read_text()
     pattern = re.search(r'filePattern="\$\{logs\}/(model_log\.%d\{dd-MMM\}\.log\.gz)"', shipped)
     assert pattern, "serving/log4j2.xml no longer rolls model_log as read_log expects"

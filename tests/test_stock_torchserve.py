@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import free_port, read_log
+from harness.server import free_port, read_log
 from tests.test_serving import assert_prediction
 
 pytestmark = pytest.mark.serve

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import free_port
+from harness.server import free_port
 from tests.test_docker_e2e import BASE_IMAGE, BUILD_TIMEOUT, IMAGE, LOOPBACK, REPO, run
 from tests.test_model_rollout import manifest_version, two_archives  # noqa: F401 (fixture)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.launcher import free_port
+from harness.server import free_port
 
 pytestmark = pytest.mark.serve
 
