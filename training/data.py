@@ -1,8 +1,12 @@
-"""Load IMDB-style review data (HF hub name or a local parquet directory) into train/validation.
+"""Load IMDB-style review data (HF hub name or a local parquet directory) into train/validation,
+and the short-text corpus (SST-2) mixed into training and reported beside IMDB.
 
 The validation split is always carved from train (stratified, seeded), so model selection never
 looks at the test split; a test split, when the source has one, is kept for the final report.
+SST-2 keeps its own validation split (872 full sentences): reported, never trained or fitted on.
 """
+import os
+import re
 from pathlib import Path
 
 from datasets import ClassLabel, DatasetDict, load_dataset
@@ -10,6 +14,13 @@ from datasets import ClassLabel, DatasetDict, load_dataset
 LABEL_NAMES = ["negative", "positive"]
 DEFAULT_DATA = "stanfordnlp/imdb"
 SPLITS = ("train", "test")  # the hub dataset also has "unsupervised" (label -1): not ours
+# The short-text corpus: the Stanford Sentiment Treebank's binary task (Socher et al. 2013), its
+# train split the phrases of each parse tree with their own labels. Its hub test split has label
+# -1: not ours. A local directory (SHORT_DATA_DIR) holds train.parquet / validation.parquet.
+DEFAULT_SHORT_DATA = "stanfordnlp/sst2"
+SHORT_DATA_ENV = "SHORT_DATA_DIR"
+SHORT_SPLITS = ("train", "validation")
+NO_SHORT_DATA = "none"
 
 
 class DataError(ValueError):
@@ -22,8 +33,9 @@ def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
 
 
-def load_source(source: str) -> DatasetDict:
-    """A local directory with train.parquet (and maybe test.parquet), or a hub dataset name."""
+def load_source(source: str, splits: tuple[str, ...] = SPLITS) -> DatasetDict:
+    """A local directory with train.parquet (and maybe the other `splits`' files), or a hub
+    dataset name."""
     if not looks_like_path(source):
         try:
             return load_dataset(source)
@@ -32,7 +44,7 @@ def load_source(source: str) -> DatasetDict:
     path = Path(source).expanduser()
     if not path.is_dir():
         raise DataError(f"data directory {source} does not exist")
-    files = {split: str(path / f"{split}.parquet") for split in SPLITS
+    files = {split: str(path / f"{split}.parquet") for split in splits
              if (path / f"{split}.parquet").is_file()}
     if "train" not in files:
         raise DataError(f"data directory {source} has no train.parquet")
@@ -83,3 +95,73 @@ def take(dataset, max_samples: int | None, seed: int):
     if max_samples is None or max_samples >= len(dataset):
         return dataset
     return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+# --- the short-text corpus -------------------------------------------------------------------
+
+# SST is lowercased and Penn-Treebank tokenized ("does n't", "it 's", "good , but"); people type
+# "doesn't", "it's", "good, but". (pattern, replacement), applied in order.
+PTB_TO_TYPED = [
+    (re.compile(r"-lrb-"), "("), (re.compile(r"-rrb-"), ")"),
+    (re.compile(r"``\s*|\s*''"), '"'),  # PTB's double quotes
+    (re.compile(r"`\s*"), "'"),  # an opening single quote: ` they -> 'they
+    (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b"), r"\1"),  # does n't -> doesn't, it 's -> it's
+    (re.compile(r" ([,.!?;:%)\]}]|\.\.\.)"), r"\1"),  # no space before punctuation
+    (re.compile(r"([(\[{$]) "), r"\1"),  # nor after an opening bracket or a dollar sign
+]
+
+
+def normalize_ptb(text: str) -> str:
+    """A Penn-Treebank tokenized sentence as people type it: "it 's not bad , is n't it ?" ->
+    "it's not bad, isn't it?". Already typed text comes back unchanged (but for spacing)."""
+    text = " ".join(text.split())
+    for pattern, replacement in PTB_TO_TYPED:
+        text = pattern.sub(replacement, text)
+    return text.strip()
+
+
+def default_short_data() -> str:
+    """$SHORT_DATA_DIR when set; else the hub id, or `none` when the hub is switched off."""
+    if os.environ.get(SHORT_DATA_ENV):
+        return os.environ[SHORT_DATA_ENV]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return NO_SHORT_DATA if offline else DEFAULT_SHORT_DATA
+
+
+def load_short_texts(source: str) -> DatasetDict:
+    """SST-2 from the hub id (columns idx, sentence, label; its unlabelled test split dropped) or
+    a directory with train.parquet (and validation.parquet), columns text, label. The text comes
+    back normalised by normalize_ptb, the label as ClassLabel(negative, positive)."""
+    raw = load_source(source, SHORT_SPLITS)
+    raw = DatasetDict({split: ds for split, ds in raw.items() if split in SHORT_SPLITS})
+    if "train" not in raw:
+        raise DataError(f"short-text data {source!r} has no train split")
+    splits = {}
+    for split, dataset in raw.items():
+        if "text" not in dataset.column_names and "sentence" in dataset.column_names:
+            dataset = dataset.rename_column("sentence", "text")  # the hub's name for it
+        check_reviews(dataset, split)
+        dataset = dataset.select_columns(["text", "label"]).cast_column(
+            "label", ClassLabel(names=LABEL_NAMES))
+        splits[split] = dataset.map(lambda row: {"text": normalize_ptb(row["text"])},
+                                    desc=f"normalising {split}")
+    return DatasetDict(splits)
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def split_short(train, count: int | None, calibration: int, min_words: int, seed: int):
+    """(training rows, calibration rows) from the short corpus' train split: the phrases of at
+    least `min_words` words, shuffled with `seed`; the first `calibration` of them are held out
+    for fitting the temperature, the next `count` (None: all the rest) are trained on."""
+    kept = train.filter(lambda row: word_count(row["text"]) >= min_words,
+                        desc=f"phrases of >= {min_words} words")
+    if calibration >= len(kept):
+        raise DataError(f"{calibration} short calibration texts asked for, but only {len(kept)} "
+                        f"phrases have >= {min_words} words")
+    kept = kept.shuffle(seed=seed)
+    held_out = kept.select(range(calibration))
+    end = len(kept) if count is None else min(len(kept), calibration + count)
+    return kept.select(range(calibration, end)), held_out

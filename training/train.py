@@ -2,10 +2,12 @@
 model.safetensors, config.json (id2label), tokenizer files, encoding.json, calibration.json
 (the fitted temperature), metrics.json, curves.png and reliability.png.
 
-Training reviews may be mixed with short excerpts of themselves (`--augment`, training/augment.py).
+Training reviews may be mixed with short excerpts of themselves (`--augment`, training/augment.py)
+and with labelled short texts (`--short-data`, SST-2's phrases and sentences, training/data.py).
 After training, a temperature is fitted on held-out reviews never trained on nor reported, plus
-their excerpts, so it sees long and short texts (training/calibration.py); metrics.json reports
-calibration before/after on the validation carve and on the hand-written short reviews.
+their excerpts and held-out SST-2 train phrases, so it sees long and short texts
+(training/calibration.py); metrics.json reports accuracy and calibration before/after on the
+validation carve, on SST-2 validation and on the hand-written short reviews.
 
     python -m training --preset quick --data ../shared/data/imdb --output-dir runs/quick
 """
@@ -20,7 +22,9 @@ import torch
 
 from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
 from training.calibration import calibration_report, fit_temperature, nll, reliability_diagram
-from training.data import DEFAULT_DATA, LABEL_NAMES, DataError, load_reviews, take
+from training.data import (DEFAULT_DATA, DEFAULT_SHORT_DATA, NO_SHORT_DATA, SHORT_DATA_ENV,
+                           DataError, LABEL_NAMES, default_short_data, load_reviews,
+                           load_short_texts, split_short, take)
 from training.quantize import MAX_ACCURACY_DROP, MIN_AGREEMENT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,12 +45,12 @@ PRESETS = {
     # "Tried on this CPU")
     "quick": dict(max_train_samples=2000, max_eval_samples=2000, max_length=256, epochs=1,
                   learning_rate=5e-5, augment="last,first,window", excerpts_per_review=8.0,
-                  excerpt_reviews=8000),
+                  excerpt_reviews=8000, short_samples=20000, short_min_words=3),
     # the whole train split (minus validation and calibration); 3 minutes on one H100, 79
     # minutes on 2 CPU cores
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
                  learning_rate=5e-5, augment="last,first,window", excerpts_per_review=6.0,
-                 excerpt_reviews=None),
+                 excerpt_reviews=None, short_samples=None, short_min_words=3),
 }
 # Dropout on the attention probabilities, off by default (the base models' own is 0.1): PyTorch's
 # CPU attention runs its fused kernel only without it; with it, it builds every attention matrix
@@ -104,6 +108,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "them) from this many train-split reviews: the training reviews, "
                              "then ones left out of training (quick: "
                              f"{PRESETS['quick']['excerpt_reviews']}; full: the training reviews)")
+    parser.add_argument("--short-data",
+                        help="short-text corpus mixed into training and reported (SST-2): a hub "
+                             f"id or a directory with train.parquet (and validation.parquet), "
+                             f"or '{NO_SHORT_DATA}' (default: ${SHORT_DATA_ENV} when set, else "
+                             f"{DEFAULT_SHORT_DATA}, or {NO_SHORT_DATA} with HF_HUB_OFFLINE)")
+    parser.add_argument("--short-samples", type=int,
+                        help="short texts trained on (quick: "
+                             f"{PRESETS['quick']['short_samples']}; full: all)")
+    parser.add_argument("--short-min-words", type=int,
+                        help="leave out shorter SST phrases (1-2 words are mostly neutral)")
+    parser.add_argument("--short-calibration-size", type=int, default=1000,
+                        help="held-out short-corpus train phrases added to the temperature fit")
     parser.add_argument("--calibration-size", type=int, default=1000,
                         help="held-out train reviews (plus their excerpts) the temperature is "
                              "fitted on; 0 = no temperature")
@@ -146,8 +162,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("int8_min_agreement", "int8_max_accuracy_drop"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
-    if args.calibration_size < 0:
-        parser.error("--calibration-size must be >= 0")
+    if args.calibration_size < 0 or args.short_calibration_size < 0:
+        parser.error("--calibration-size and --short-calibration-size must be >= 0")
+    args.short_data_defaulted = args.short_data is None
+    if args.short_data is None:
+        args.short_data = default_short_data()
+    if args.short_samples is not None and args.short_samples < 0:
+        parser.error("--short-samples must be >= 0")
+    if args.short_min_words < 1:
+        parser.error("--short-min-words must be >= 1")
     if not 0 <= args.attention_dropout < 1:
         parser.error("--attention-dropout must be >= 0 and < 1")
     return args
@@ -269,17 +292,21 @@ def excerpt_sources(train_set, spare, count: int | None):
 
 
 def fit_calibration(logits_of, reviews, source: str, seed: int,
-                    kinds: list[str] = CALIBRATION_EXCERPTS) -> dict:
-    """The temperature fitted on held-out `reviews` plus one excerpt of each in `kinds` (long and
-    short texts, as served), or 1 when there are none. `logits_of(dataset)` scores a dataset."""
+                    kinds: list[str] = CALIBRATION_EXCERPTS, short=None) -> dict:
+    """The temperature fitted on held-out `reviews` plus one excerpt of each in `kinds` and the
+    held-out `short` texts (long and short texts, as served), or 1 when there are no reviews.
+    `logits_of(dataset)` scores a dataset."""
     if reviews is None:
         return {"temperature": 1.0, "fitted_on": source}
+    from datasets import concatenate_datasets
     texts = reviews.select_columns(["text", "label"])
     if kinds:
-        from datasets import concatenate_datasets
         pieces = make_excerpts(reviews, kinds, 1.0, seed)
         texts = concatenate_datasets([texts, pieces.select_columns(["text", "label"])])
         source += f", and {len(pieces)} excerpts of them ({' / '.join(kinds)} sentences)"
+    if short is not None and len(short):
+        texts = concatenate_datasets([texts, short.select_columns(["text", "label"])])
+        source += f", and {len(short)} short-corpus train phrases left out of training"
     logits, labels = logits_of(texts)
     return {"temperature": fit_temperature(logits, labels), "fitted_on": source,
             "samples": len(texts)}
@@ -287,13 +314,36 @@ def fit_calibration(logits_of, reviews, source: str, seed: int,
 
 def write_calibration(output_dir: Path, calibration: dict) -> None:
     """calibration.json for the archive and the handler; a stale one goes when none was fitted."""
-    from handler.inference import CALIBRATION_FILE
-    path = output_dir / CALIBRATION_FILE
+    from handler.calibration import Calibration
     if "samples" not in calibration:
-        path.unlink(missing_ok=True)
+        Calibration.remove(output_dir)
         return
-    keep = {key: calibration[key] for key in ("temperature", "fitted_on", "samples")}
-    path.write_text(json.dumps(keep, indent=2) + "\n")
+    Calibration(calibration["temperature"], calibration["fitted_on"],
+                calibration["samples"]).save(output_dir)
+
+
+def load_short_corpus(args):
+    """(train rows, calibration rows, validation rows, description) of the short-text corpus,
+    Nones when it is off. Its validation split is only reported: never trained or fitted on."""
+    if args.short_data == NO_SHORT_DATA:
+        if args.short_data_defaulted:
+            print(f"note: no short-text corpus (the hub is off and ${SHORT_DATA_ENV} is unset); "
+                  "metrics.json will have no SST-2 scores", flush=True)
+        return None, None, None, {"source": NO_SHORT_DATA, "train_texts": 0}
+    try:
+        corpus = load_short_texts(args.short_data)
+        calibration = args.short_calibration_size if args.calibration_size else 0
+        train, held_out = split_short(corpus["train"], args.short_samples, calibration,
+                                      args.short_min_words, args.seed)
+    except DataError as err:
+        raise SystemExit(f"error: --short-data: {err}")
+    info = {"source": args.short_data, "train_texts": len(train),
+            "min_words": args.short_min_words, "calibration_texts": len(held_out),
+            "text": "Penn-Treebank tokens rejoined as typed (training.data.normalize_ptb)",
+            "drawn": f"phrases of >= {args.short_min_words} words from the train split, "
+                     f"shuffled with seed {args.seed}; the first {len(held_out)} held out for "
+                     "the temperature"}
+    return train, held_out, corpus.get("validation"), info
 
 
 def load_short_reviews(path: Path):
@@ -337,6 +387,7 @@ def main(argv=None) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     from handler.encoding import EncodingSettings, encode_reviews
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
     from training.scoring import classification_metrics
 
@@ -358,8 +409,14 @@ def main(argv=None) -> dict:
     augmentation = describe(args.augment_kinds, args.excerpts_per_review, args.seed,
                             reviews=len(train_set), excerpts=len(train_rows) - len(train_set),
                             sources=len(sources))
+    short_train, short_calibration, short_validation, short_info = load_short_corpus(args)
+    if short_train is not None:
+        from datasets import concatenate_datasets
+        train_rows = concatenate_datasets([train_rows.select_columns(["text", "label"]),
+                                           short_train]).shuffle(seed=args.seed)
     print(f"data: {args.data}; {data_info['validation']}; training on {len(train_set)} reviews "
-          f"+ {augmentation['excerpts']} excerpts, validating on {len(eval_set)} reviews; "
+          f"+ {augmentation['excerpts']} excerpts + {short_info['train_texts']} short texts "
+          f"({args.short_data}), validating on {len(eval_set)} reviews; "
           f"calibration: {calibration_source}", flush=True)
 
     tokenizer, model = load_base(base_model, args.attention_dropout)
@@ -419,8 +476,10 @@ def main(argv=None) -> dict:
     # (the Trainer's evaluation reorders by length); log-probabilities serve as logits.
     trainer.model.eval()
 
+    serving = TorchRuntime(trainer.model)  # fp32, on the device it trained on
+
     def logits_of(dataset):
-        probabilities = score_texts(trainer.model, tokenizer, dataset["text"], encoding)
+        probabilities = score_texts(serving, tokenizer, dataset["text"], encoding)
         return probabilities.double().clamp_min(1e-300).log(), torch.tensor(dataset["label"])
 
     panels = {"IMDB validation": logits_of(eval_set)}
@@ -428,14 +487,23 @@ def main(argv=None) -> dict:
     evaluation = classification_metrics(val_labels.tolist(), val_logits.argmax(-1).tolist())
     evaluation["eval_loss"] = nll(val_logits.exp(), val_labels)
     calibration = fit_calibration(logits_of, calibration_set, calibration_source, args.seed,
-                                  args.calibration_kinds)
+                                  args.calibration_kinds, short_calibration)
+    sst2_report = None
+    if short_validation is not None:
+        panels["SST-2 validation"] = logits_of(short_validation)
+        sst2_report = {"source": f"{args.short_data} (validation split)",
+                       "samples": len(short_validation),
+                       **classification_metrics(panels["SST-2 validation"][1].tolist(),
+                                                panels["SST-2 validation"][0].argmax(-1).tolist())}
     short_report = None
     if short_set is not None:
         panels["short reviews"] = logits_of(short_set)
         short_report = short_review_report(short_set, *panels["short reviews"], args.short_reviews)
-    calibration.update({name: calibration_report(logits, labels, calibration["temperature"])
-                        for name, (logits, labels) in zip(["validation", "short_reviews"],
-                                                          panels.values())})
+    report_names = {"IMDB validation": "validation", "SST-2 validation": "sst2_validation",
+                    "short reviews": "short_reviews"}
+    calibration.update({report_names[name]: calibration_report(logits, labels,
+                                                               calibration["temperature"])
+                        for name, (logits, labels) in panels.items()})
 
     trainer.save_model(str(output_dir))  # model.safetensors + config.json (with id2label)
     tokenizer.save_pretrained(str(output_dir))
@@ -482,7 +550,9 @@ def main(argv=None) -> dict:
         "max_eval_samples": args.max_eval_samples,
         "split_sizes": {"train": len(train_set), "validation": len(eval_set)},
         "augmentation": augmentation,
+        "short_data": short_info,
         "calibration": calibration,
+        "sst2_validation": sst2_report,
         "short_reviews": short_report,
         "int8": int8,
         "library_versions": library_versions(),
@@ -491,7 +561,10 @@ def main(argv=None) -> dict:
     print(f"accuracy {metrics['accuracy']:.4f} on {len(eval_set)} validation reviews; "
           f"trained {len(train_rows)} texts in {train_time:.0f} s; run directory {output_dir}",
           flush=True)
-    for name in ("validation", "short_reviews"):
+    if sst2_report:
+        print(f"SST-2 validation: accuracy {sst2_report['accuracy']:.4f} on "
+              f"{sst2_report['samples']} sentences", flush=True)
+    for name in ("validation", "sst2_validation", "short_reviews"):
         if name in calibration:
             before, after = calibration[name]["before"], calibration[name]["after"]
             print(f"{name}: ECE {before['ece']:.3f} -> {after['ece']:.3f} at temperature "
