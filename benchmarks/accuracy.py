@@ -20,25 +20,23 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
 
     from benchmarks.inprocess import prepare
     from benchmarks.texts import load_split
+    from handler.calibration import Calibration
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
     from training.evaluate import score_texts
     run = json.loads((Path(run_dir) / "metrics.json").read_text())
     texts, labels = load_split(data, samples, run.get("validation_size", 2000),
                                run.get("seed", 42))
-    trained = EncodingSettings.load(run_dir)
+    encoding = EncodingSettings.serving(run_dir, max_length)
     results, reference = {}, None
     for precision in precisions:
-        model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
+        runtime, tokenizer = prepare(run_dir, precision)
         started = time.perf_counter()
-        encoding = trained.capped(min(max_length or trained.max_length, positions))
-        predicted = score_texts(model, tokenizer, texts, encoding, autocast_dtype,
-                                load_temperature(run_dir), chunk=64).argmax(-1)
+        predicted = score_texts(runtime, tokenizer, texts, encoding,
+                                Calibration.load(run_dir).temperature, chunk=64).argmax(-1)
         accuracy = (predicted == torch.tensor(labels)).float().mean().item()
         entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
                  "seconds": round(time.perf_counter() - started, 1)}
-        if hasattr(model, "precision"):  # the OpenVINO runtime: the precision it computes in
-            entry["inference_precision"] = model.precision
+        entry["inference_precision"] = runtime.precision
         if reference is None:
             reference = (precision, accuracy, predicted)
         else:

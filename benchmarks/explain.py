@@ -2,9 +2,9 @@
 
     python -m benchmarks.explain --data $IMDB_DATA_DIR [--run runs/quick] [--repeat 3]
 
-Timing: a real `SentimentHandler` (TorchServe's `Context`, the shipped model-config.yaml
+Timing: the handler's model core (handler/predictor.py, with the shipped model-config.yaml
 handler settings: runtime, precision, token budgets; one worker's threads) runs `predict` +
-`add_attributions`, what one explanation request costs minus HTTP: one review of the full 256
+`explain`, what one explanation request costs minus HTTP: one review of the full 256
 tokens, then batches of 16 held-out reviews. Without --run the embedded MiniLM-L6 gets a
 seeded, untrained classification head: the cost is the same as a trained model's.
 
@@ -46,63 +46,61 @@ def untrained_run(directory: Path, max_length: int) -> Path:
     return directory
 
 
-def load_handler(run_dir: Path, precision: str, n_steps: int):
-    """A SentimentHandler initialized as a CPU TorchServe worker would be."""
-    from ts.context import Context
+def load_predictor(run_dir: Path, precision: str, n_steps: int):
+    """The handler's model core (handler/predictor.py) with the shipped model-config.yaml
+    handler settings, as a CPU TorchServe worker builds it."""
+    from dataclasses import replace
 
-    from handler.sentiment_handler import SentimentHandler
-    config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
-    config["handler"].update(cpu_precision=precision, explain_steps=n_steps)
-    context = Context("bert_sentiment", str(run_dir),
-                      {"model": {"modelName": "bert_sentiment", "modelVersion": "bench"}},
-                      1, None, "0.12.0", model_yaml_config=config)
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler
+    from handler.predictor import Predictor
+    from handler.settings import HandlerSettings
+    shipped = HandlerSettings.from_model_yaml(
+        yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text()))
+    return Predictor(run_dir, "cpu", replace(shipped, cpu_precision=precision,
+                                             explain_steps=n_steps), "bench")
 
 
-def explain_seconds(handler, texts: list[str]) -> float:
+def explain_seconds(predictor, texts: list[str]) -> float:
     started = time.perf_counter()
-    results = handler.predict(texts)
-    handler.add_attributions(texts, results)
+    results, _ = predictor.predict(texts)
+    predictor.explain(texts, results)
     return time.perf_counter() - started
 
 
-def memory(handler, texts: list[str]) -> dict:
+def memory(predictor, texts: list[str]) -> dict:
     """Resident memory (MB) of this process, as one worker: after 16 predictions, then after
     explaining one review (with the OpenVINO runtime the torch model is loaded for it)."""
     import psutil
     rss = lambda: round(psutil.Process().memory_info().rss / 2**20)  # noqa: E731
-    handler.predict(texts[:16])
+    predictor.predict(texts[:16])
     predicted = rss()
-    explain_seconds(handler, texts[:1])
+    explain_seconds(predictor, texts[:1])
     return {"after_predictions": predicted, "after_first_explanation": rss(),
-            "runtime": f"{handler.runtime} {handler.precision}"}
+            "runtime": predictor.runtime.precision}
 
 
-def timing(handler, texts: list[str], repeat: int, batch: int) -> dict:
+def timing(predictor, texts: list[str], repeat: int, batch: int) -> dict:
     """One full-length review, and reviews/s over batches of `batch`; each best of `repeat`
     (the CPU is shared: the best run is the least disturbed one)."""
-    tokenizer, max_length = handler.tokenizer, handler.encoding.max_length
+    tokenizer, max_length = predictor.tokenizer, predictor.encoding.max_length
     long = [t for t in texts if len(tokenizer(t, verbose=False)["input_ids"]) >= max_length]
     if len(long) < 2:
         raise SystemExit(f"error: fewer than 2 reviews of {max_length} tokens in the data")
-    explain_seconds(handler, long[:1])  # warm: kernels and autograd for this shape
-    explain_seconds(handler, texts[:batch])
-    one = [explain_seconds(handler, [long[(i + 1) % len(long)]]) for i in range(repeat)]
-    per_batch = [explain_seconds(handler, texts[i * batch:(i + 1) * batch]) for i in range(repeat)]
+    explain_seconds(predictor, long[:1])  # warm: kernels and autograd for this shape
+    explain_seconds(predictor, texts[:batch])
+    one = [explain_seconds(predictor, [long[(i + 1) % len(long)]]) for i in range(repeat)]
+    per_batch = [explain_seconds(predictor, texts[i * batch:(i + 1) * batch]) for i in range(repeat)]
     return {"one_review_tokens": max_length, "one_review_s": [round(s, 3) for s in one],
             "one_review_best_s": round(min(one), 3), "batch": batch,
             "batch_s": [round(s, 2) for s in per_batch],
             "batch_reviews_per_s_best": round(batch / min(per_batch), 2),
             "prediction_batch_reviews_per_s":
-                round(batch / prediction_seconds(handler, texts[:batch]), 1)}
+                round(batch / prediction_seconds(predictor, texts[:batch]), 1)}
 
 
-def prediction_seconds(handler, texts: list[str]) -> float:
-    handler.predict(texts)
+def prediction_seconds(predictor, texts: list[str]) -> float:
+    predictor.predict(texts)
     started = time.perf_counter()
-    handler.predict(texts)
+    predictor.predict(texts)
     return time.perf_counter() - started
 
 
@@ -176,16 +174,16 @@ def main(argv=None) -> dict:
                        run.get("seed", 42))[0]
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = args.run or untrained_run(Path(scratch), 256)
-        handler = load_handler(run_dir, args.precision, args.steps)
         torch.set_num_threads(args.threads)
+        predictor = load_predictor(run_dir, args.precision, args.steps)
         results = {"model": str(args.run) if args.run else "embedded MiniLM-L6, untrained head",
-                   "serving": f"{handler.runtime} {handler.precision}",
+                   "serving": predictor.runtime.precision,
                    "explanations": "torch fp32", "n_steps": args.steps, "threads": args.threads,
-                   "explain_token_budget": handler.explain_token_budget}
+                   "explain_token_budget": predictor.settings.explain_token_budget}
         if args.memory:
-            results["memory_mb"] = memory(handler, texts)
+            results["memory_mb"] = memory(predictor, texts)
         if not args.skip_timing:
-            results.update(timing(handler, texts, args.repeat, args.batch))
+            results.update(timing(predictor, texts, args.repeat, args.batch))
         if args.completeness:
             results["completeness"] = completeness(run_dir, texts[:args.completeness],
                                                    args.completeness_precisions.split(","),

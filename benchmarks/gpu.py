@@ -5,9 +5,9 @@ one run; and where the time of one handler call goes (tokenize, pad+copy, forwar
     python -m benchmarks.gpu --run runs/full --data $IMDB_DATA_DIR                 # on a GPU
     python -m benchmarks.gpu --run runs/quick --data $IMDB_DATA_DIR --device cpu --quick   # smoke
 
-The in-process side builds a real `SentimentHandler` with TorchServe's own `Context` (the
-same `initialize`, device choice, precision and warm-up a worker does) and calls its `predict`:
-no HTTP, no queue. Each served configuration is an archive built by training.archive with a
+The in-process side builds the handler's model core (handler/predictor.py: the same runtime
+factory, device, precision and encoding a worker uses) and calls its `predict`: no HTTP, no
+queue. Each served configuration is an archive built by training.archive with a
 generated model-config.yaml (batchSize / maxBatchDelay / workers, micro-batch and token budget
 sized to the batch). On a GPU the encoder is cheap, so the Python tokenization, the copies and
 the frontend may become the limit: the breakdown says which. GPU timings are taken between
@@ -73,31 +73,40 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sized_for(handler, batch_size: int) -> None:
+def load_predictor(run_dir, device="cpu", **settings):
+    """The handler's model core (handler/predictor.py) as a worker builds it, without
+    TorchServe: `settings` is the handler section of model-config.yaml."""
+    from handler.predictor import Predictor
+    from handler.settings import HandlerSettings
+    return Predictor(run_dir, device, HandlerSettings(**settings))
+
+
+def sized_for(predictor, batch_size: int) -> None:
     """One forward pass per `batch_size` texts, whatever their length."""
-    handler.micro_batch_size = batch_size
-    handler.token_budget = batch_size * handler.encoding.max_length
+    from dataclasses import replace
+    predictor.settings = replace(predictor.settings, micro_batch_size=batch_size,
+                                 token_budget=batch_size * predictor.encoding.max_length)
 
 
-def inprocess_limit(handler, texts: list[str], batch_sizes, seconds: float) -> dict:
-    """Reviews per second of `handler.predict` on consecutive batches, per batch size, and the
+def inprocess_limit(predictor, texts: list[str], batch_sizes, seconds: float) -> dict:
+    """Reviews per second of `Predictor.predict` on consecutive batches, per batch size, and the
     latency of one review (p50/p99)."""
     by_batch = {}
     for batch_size in batch_sizes:
-        sized_for(handler, batch_size)
-        handler.predict(texts[:batch_size])  # warm: kernels for this shape
+        sized_for(predictor, batch_size)
+        predictor.predict(texts[:batch_size])  # warm: kernels for this shape
         done, position, started = 0, 0, time.perf_counter()
         while done < 2 * batch_size or time.perf_counter() - started < seconds:
-            handler.predict([texts[(position + i) % len(texts)] for i in range(batch_size)])
+            predictor.predict([texts[(position + i) % len(texts)] for i in range(batch_size)])
             position += batch_size
             done += batch_size
-        synchronize(handler.device)
+        synchronize(predictor.device)
         by_batch[batch_size] = round(done / (time.perf_counter() - started), 1)
-    sized_for(handler, 1)
+    sized_for(predictor, 1)
     latencies, started = [], time.perf_counter()
     while len(latencies) < 5 or time.perf_counter() - started < min(seconds, 5.0):
         began = time.perf_counter()
-        handler.predict([texts[len(latencies) % len(texts)]])
+        predictor.predict([texts[len(latencies) % len(texts)]])
         latencies.append((time.perf_counter() - began) * 1000)
     best = max(by_batch, key=by_batch.get)
     return {"reviews_per_s_by_batch": by_batch, "best_batch": best,
@@ -106,41 +115,40 @@ def inprocess_limit(handler, texts: list[str], batch_sizes, seconds: float) -> d
             "batch1_p99_ms": round(percentile(latencies, 99), 2)}
 
 
-def time_breakdown(handler, texts: list[str], batch_size: int, batches: int) -> dict:
+def time_breakdown(predictor, texts: list[str], batch_size: int, batches: int) -> dict:
     """Mean milliseconds per handler call of `batch_size` reviews, split into tokenize
     (encode_reviews), pad+copy (padding, pinned host-to-device copy), forward (the encoder and
     softmax) and serialise (device-to-host copy, labels, JSON), with the device synchronized
-    between steps. The same functions as `SentimentHandler.predict`, timed one by one."""
+    between steps. The same functions as `Predictor.predict`, timed one by one."""
     import torch
 
     from handler.encoding import encode_reviews
     from handler.inference import micro_batches, pad_batch
-    device, model = handler.device, handler.model
-    sized_for(handler, batch_size)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    labels = [handler.id2label[i] for i in range(model.config.num_labels)]
+    sized_for(predictor, batch_size)
+    device, runtime, settings = predictor.device, predictor.runtime, predictor.settings
+    limit = getattr(runtime.config, "max_position_embeddings", None)
+    labels = predictor.labels
     totals = dict.fromkeys(["tokenize", "pad_copy", "forward", "serialise"], 0.0)
     for step in range(batches + 1):  # the first call warms up and is not counted
         chunk = [texts[(step * batch_size + i) % len(texts)] for i in range(batch_size)]
         spent = dict.fromkeys(totals, 0.0)
         synchronize(device)
         mark = time.perf_counter()
-        encoded = encode_reviews(handler.tokenizer, chunk, handler.encoding)
+        encoded = encode_reviews(predictor.tokenizer, chunk, predictor.encoding)
         spent["tokenize"] = time.perf_counter() - mark
         lengths = [len(ids) for ids in encoded["input_ids"]]
         parts, order = [], []
         with torch.inference_mode():
-            for indices in micro_batches(lengths, handler.token_budget, handler.micro_batch_size):
+            for indices in micro_batches(lengths, settings.token_budget,
+                                          settings.micro_batch_size):
                 mark = time.perf_counter()
-                inputs = pad_batch(encoded, indices, handler.tokenizer.pad_token_id, device,
-                                   handler.pad_to_multiple_of, limit)
+                inputs = pad_batch(encoded, indices, predictor.tokenizer.pad_token_id, device,
+                                   settings.pad_to_multiple_of, limit)
                 synchronize(device)
                 spent["pad_copy"] += time.perf_counter() - mark
                 mark = time.perf_counter()
-                with torch.autocast(device.type, dtype=handler.autocast_dtype,
-                                    enabled=handler.autocast_dtype is not None):
-                    logits = model(**inputs).logits
-                parts.append((logits.float() / handler.temperature).softmax(dim=-1))
+                logits = runtime.forward(**inputs)
+                parts.append((logits.float() / predictor.temperature).softmax(dim=-1))
                 synchronize(device)
                 spent["forward"] += time.perf_counter() - mark
                 order += indices
@@ -278,17 +286,17 @@ def run(args) -> dict:
                            "concurrency": args.concurrency, "duration_s": args.duration,
                            "warmup_s": args.warmup, "batch_sizes": args.batch_sizes}}
     key = "gpu_precision" if device.type == "cuda" else "cpu_precision"
-    handler = load_handler(args.run, device, **{key: precision})
-    max_length = handler.encoding.max_length
-    log(f"in-process limit: handler.predict on {device}, batch sizes {args.batch_sizes}")
-    limit = inprocess_limit(handler, texts, args.batch_sizes, args.inprocess_seconds)
+    predictor = load_predictor(args.run, device, **{key: precision})
+    max_length = predictor.encoding.max_length
+    log(f"in-process limit: Predictor.predict on {device}, batch sizes {args.batch_sizes}")
+    limit = inprocess_limit(predictor, texts, args.batch_sizes, args.inprocess_seconds)
     log(f"  {limit['reviews_per_s_by_batch']} reviews/s by batch; batch-1 p50 "
         f"{limit['batch1_p50_ms']} ms")
     result["inprocess"] = {"precision": precision, "max_length": max_length, **limit}
-    result["breakdown"] = time_breakdown(handler, texts, limit["best_batch"], args.batches)
+    result["breakdown"] = time_breakdown(predictor, texts, limit["best_batch"], args.batches)
     log(f"  time per call at batch {limit['best_batch']}: {result['breakdown']['ms_per_call']} "
         f"ms; dominant: {result['breakdown']['dominant']}")
-    del handler
+    del predictor
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the served workers get the GPU to themselves
 
@@ -320,7 +328,7 @@ def markdown(result: dict) -> str:
     machine_info, limit = result["machine"], result["inprocess"]
     out = [f"Device: {machine_info.get('gpu', machine_info['device'])}; precision "
            f"{limit['precision']}, max_length {limit['max_length']}.", "",
-           "| in-process (handler.predict) | reviews/s by batch size | best | batch-1 p50 ms |",
+           "| in-process (Predictor.predict) | reviews/s by batch size | best | batch-1 p50 ms |",
            "|---|---|---:|---:|",
            f"| {machine_info['device']} | " + ", ".join(
                f"{b}: {v:.1f}" for b, v in limit["reviews_per_s_by_batch"].items()) +

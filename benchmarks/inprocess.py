@@ -1,7 +1,6 @@
 """The in-process limit: the exported model called directly in Python with the serving code
-(handler.encoding.encode_reviews + handler.inference.predict_probabilities), the handler's own
-precision preparation (SentimentHandler.prepare_model) and as many torch threads as one
-TorchServe worker gets. No HTTP, no queue: what the service could reach at best.
+(handler.encoding.encode_reviews + handler.inference.score), the runtime factory the handler
+uses (handler/runtime.py) and as many threads as one TorchServe worker gets. No HTTP, no queue: what the service could reach at best.
 "openvino" stands for the OpenVINO runtime (handler/openvino_runtime.py, bf16 where the CPU
 has it, f32 elsewhere), "openvino-int8" for it with the run's int8 model (training/quantize.py),
 next to torch's precisions: the limit is the best runtime."""
@@ -15,66 +14,56 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 
-def prepare(run_dir, precision: str):
-    """(model, tokenizer, autocast dtype, max_length cap) exactly as the handler prepares them."""
-    import warnings
-
+def prepare(run_dir, name: str):
+    """(runtime, tokenizer) from handler/runtime.py's factory, as a worker gets them: `name` is
+    a torch precision (fp32, bf16, int8), "openvino" (bf16 where the CPU has it natively, else
+    f32) or "openvino-int8"."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from handler.sentiment_handler import SentimentHandler
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if precision.startswith("openvino"):
-        from transformers import AutoConfig
-
-        from handler.openvino_runtime import OpenVINOModel
-        config = AutoConfig.from_pretrained(run_dir)
-        model = OpenVINOModel.load(run_dir, config, torch.get_num_threads(),
-                                   "int8" if precision == "openvino-int8" else "bf16",
-                                   tokenizer=tokenizer)
-        return model, tokenizer, None, config.max_position_embeddings
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
-    handler = SentimentHandler()
-    handler.device = torch.device("cpu")
-    with warnings.catch_warnings():  # quantize_dynamic's deprecation notice
-        warnings.simplefilter("ignore")
-        model, autocast_dtype = handler.prepare_model(model, precision)
-    return model, tokenizer, autocast_dtype, model.config.max_position_embeddings
+    from handler.runtime import load_runtime
+    if name.startswith("openvino"):
+        runtime = load_runtime(run_dir, "cpu", "int8" if name == "openvino-int8" else "bf16",
+                               "openvino", torch.get_num_threads())
+    else:
+        runtime = load_runtime(run_dir, "cpu", name, "torch")
+    return runtime, AutoTokenizer.from_pretrained(run_dir)
 
 
-def score(model, tokenizer, texts, encoding, autocast_dtype, batch_size):
+def score(runtime, tokenizer, texts, encoding, batch_size):
     from handler.encoding import encode_reviews
-    from handler.inference import predict_probabilities
+    from handler.inference import score as score_encoded
+    from handler.settings import HandlerSettings
     encoded = encode_reviews(tokenizer, texts, encoding)
-    return predict_probabilities(model, encoded, tokenizer.pad_token_id, 1 << 30, batch_size,
-                                 autocast_dtype)
+    return score_encoded(runtime, encoded, tokenizer.pad_token_id, 1 << 30, batch_size,
+                         HandlerSettings().pad_to_multiple_of)
 
 
-def throughput(model, tokenizer, texts, encoding, autocast_dtype, batch_size,
+def throughput(runtime, tokenizer, texts, encoding, batch_size,
                seconds: float, min_batches: int = 2) -> tuple[float, float]:
     """Reviews per second scoring consecutive batches of `batch_size` texts (encode included),
     and reviews per CPU-second of this process (robust to other load on a shared machine)."""
-    score(model, tokenizer, texts[:batch_size], encoding, autocast_dtype, batch_size)  # warm
+    score(runtime, tokenizer, texts[:batch_size], encoding, batch_size)  # warm
     cpu_start = time.process_time()
     done, batches, start, position = 0, 0, time.perf_counter(), batch_size
     while batches < min_batches or time.perf_counter() - start < seconds:
         chunk = [texts[(position + i) % len(texts)] for i in range(batch_size)]
-        score(model, tokenizer, chunk, encoding, autocast_dtype, batch_size)
+        score(runtime, tokenizer, chunk, encoding, batch_size)
         position += batch_size
         done += batch_size
         batches += 1
     return done / (time.perf_counter() - start), done / (time.process_time() - cpu_start)
 
 
-def batch1_latency(model, tokenizer, texts, encoding, autocast_dtype, seconds: float,
+def batch1_latency(runtime, tokenizer, texts, encoding, seconds: float,
                    min_count: int = 5) -> dict:
     """Latency of one review (encode + forward), p50/p99 in ms."""
-    score(model, tokenizer, texts[:1], encoding, autocast_dtype, 1)
+    score(runtime, tokenizer, texts[:1], encoding, 1)
     latencies, start = [], time.perf_counter()
     while len(latencies) < min_count or time.perf_counter() - start < seconds:
         text = texts[len(latencies) % len(texts)]
         began = time.perf_counter()
-        score(model, tokenizer, [text], encoding, autocast_dtype, 1)
+        score(runtime, tokenizer, [text], encoding, 1)
         latencies.append((time.perf_counter() - began) * 1000)
     return {"p50_ms": round(percentile(latencies, 50), 2),
             "p99_ms": round(percentile(latencies, 99), 2), "count": len(latencies)}
@@ -90,21 +79,20 @@ def inprocess_limit(run_dir, texts: list[str], precision: str, max_length: int =
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model, tokenizer, autocast_dtype, positions = prepare(run_dir, precision)
+        runtime, tokenizer = prepare(run_dir, precision)
         from handler.encoding import EncodingSettings
-        encoding = EncodingSettings.load(run_dir).capped(min(max_length, positions))
+        encoding = EncodingSettings.serving(run_dir, max_length)
         max_length = encoding.max_length
         by_batch, per_cpu = {}, {}
         for batch_size in batch_sizes:
-            rate, cpu_rate = throughput(model, tokenizer, texts, encoding, autocast_dtype,
-                                        batch_size, seconds)
+            rate, cpu_rate = throughput(runtime, tokenizer, texts, encoding, batch_size, seconds)
             by_batch[batch_size], per_cpu[batch_size] = round(rate, 2), round(cpu_rate, 2)
-        latency = batch1_latency(model, tokenizer, texts, encoding, autocast_dtype, seconds)
+        latency = batch1_latency(runtime, tokenizer, texts, encoding, seconds)
     finally:
         torch.set_num_threads(previous)
     best = max(by_batch, key=by_batch.get)
     return {"precision": precision, "max_length": max_length, "threads": threads,
-            "inference_precision": getattr(model, "precision", precision),
+            "inference_precision": runtime.precision,
             "reviews_per_s_by_batch": by_batch, "best_batch": best,
             "best_reviews_per_s": by_batch[best], "reviews_per_cpu_s": per_cpu[best],
             "batch1_p50_ms": latency["p50_ms"],
@@ -125,16 +113,16 @@ def compare(run_dir, texts: list[str], runtimes, batch_size: int = 16, rounds: i
     loaded = {name: prepare(run_dir, name) for name in runtimes}
     runs = {name: [] for name in runtimes}
     for _ in range(rounds):
-        for name, (model, tokenizer, autocast_dtype, positions) in loaded.items():
-            encoding = EncodingSettings.load(run_dir).capped(min(max_length, positions))
-            runs[name].append(throughput(model, tokenizer, texts, encoding, autocast_dtype,
-                                         batch_size, seconds))
+        for name, (runtime, tokenizer) in loaded.items():
+            encoding = EncodingSettings.serving(run_dir, max_length)
+            runs[name].append(throughput(runtime, tokenizer, texts, encoding, batch_size,
+                                         seconds))
             print(f"{name}: {runs[name][-1][0]:.1f} reviews/s, {runs[name][-1][1]:.2f} per "
                   "CPU-second", flush=True)
     return {name: {"median_reviews_per_s": round(statistics.median(v[0] for v in values), 1),
                    "median_reviews_per_cpu_s": round(statistics.median(v[1] for v in values), 2),
                    "runs": [round(v[0], 1) for v in values],
-                   "inference_precision": getattr(loaded[name][0], "precision", name)}
+                   "inference_precision": loaded[name][0].precision}
             for name, values in runs.items()}
 
 

@@ -16,6 +16,7 @@ IMDB reviews carry HTML line breaks (`<br />`); reviews typed into an API do not
 and serving alike, so character positions in the caller's text stay valid.
 """
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ HEAD_FRACTION = 0.25
 CHARS_PER_TOKEN_CAP = 16  # a WordPiece token is rarely longer than this; see clip_chars
 SETTINGS_FILE = "encoding.json"
 HTML_BREAK = re.compile(r"<br\s*/?\s*>", re.IGNORECASE)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,24 @@ class EncodingSettings:
             max_length = json.loads(metrics.read_text()).get("max_length", DEFAULT_MAX_LENGTH)
             return cls(max_length=int(max_length), normalize_breaks=False)
         raise FileNotFoundError(f"{directory} has neither {SETTINGS_FILE} nor metrics.json")
+
+    @classmethod
+    def serving(cls, directory, max_length: int | None = None) -> "EncodingSettings":
+        """How texts are encoded for a run (or unpacked archive) everywhere it is scored: the
+        trained settings; `max_length` (model-config.yaml, a benchmark flag) may lower the
+        length, never raise it (said in the log); never past the encoder's positions
+        (config.json's max_position_embeddings)."""
+        trained = cls.load(directory)
+        if max_length and max_length > trained.max_length:
+            logger.warning("max_length %s is above the %d tokens the model was trained with: "
+                           "encoding at %d", max_length, trained.max_length, trained.max_length)
+        elif max_length and max_length < trained.max_length:
+            logger.info("max_length %s lowers the trained %d tokens", max_length,
+                        trained.max_length)
+        config = Path(directory) / "config.json"
+        positions = json.loads(config.read_text()).get("max_position_embeddings") \
+            if config.is_file() else None
+        return trained.capped(max_length or None).capped(positions)
 
     def capped(self, max_length: int | None) -> "EncodingSettings":
         """These settings with max_length lowered to `max_length` (never raised)."""

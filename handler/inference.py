@@ -1,19 +1,13 @@
 """Batched forward passes over encoded reviews: sort by length, cut micro-batches under a token
 budget, pad each to its own longest text, and return probabilities in the original order.
-Shared by the TorchServe handler and `training.evaluate`, so both score texts identically.
+Every runtime (handler/runtime.py) is scored through this one loop, by the handler,
+`training.evaluate` and the benchmarks alike, so they all score texts identically.
 """
-import json
-from pathlib import Path
+import logging
 
 import torch
 
-CALIBRATION_FILE = "calibration.json"
-
-
-def load_temperature(directory) -> float:
-    """The temperature fitted after training (calibration.json in the run or archive), else 1."""
-    path = Path(directory) / CALIBRATION_FILE
-    return float(json.loads(path.read_text())["temperature"]) if path.is_file() else 1.0
+logger = logging.getLogger(__name__)
 
 
 def micro_batches(lengths: list[int], token_budget: int, max_batch: int) -> list[list[int]]:
@@ -52,45 +46,41 @@ def pad_batch(encoded: dict, indices: list[int], pad_token_id: int, device,
 
 
 @torch.inference_mode()
-def score_micro_batches(forward, encoded: dict, pad_token_id: int, num_labels: int,
-                        token_budget: int = 16384, max_batch: int = 64,
-                        pad_to_multiple_of: int = 32, temperature: float = 1.0,
-                        device=torch.device("cpu"), limit: int | None = None) -> torch.Tensor:
-    """The loop every runtime shares: `forward(padded inputs) -> logits` per micro-batch,
-    softmax of the logits divided by `temperature`, probabilities back in input order."""
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    order, parts = [], []
-    for indices in micro_batches(lengths, token_budget, max_batch):
-        inputs = pad_batch(encoded, indices, pad_token_id, device, pad_to_multiple_of, limit)
-        parts.append((forward(inputs).float() / temperature).softmax(dim=-1))
-        order += indices
-    probabilities = torch.empty(len(lengths), num_labels, dtype=torch.float32)
-    if parts:  # one device-to-host copy for the whole batch, then back to input order
-        probabilities[torch.tensor(order)] = torch.cat(parts).cpu()
-    return probabilities
-
-
-def predict_probabilities(model, encoded: dict, pad_token_id: int, token_budget: int = 16384,
-                          max_batch: int = 64, autocast_dtype=None,
-                          pad_to_multiple_of: int = 32, temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities (float32, on the CPU) for every encoded text, in input order, from
-    the logits divided by `temperature` (calibration, see training/calibration.py). `model` is
-    a torch model, or another runtime with this same method (handler/openvino_runtime.py).
+def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batch: int,
+          pad_to_multiple_of: int, temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (float32, on the CPU) for every encoded text, in input order:
+    `runtime.forward(padded inputs) -> logits` per micro-batch, softmax of the logits divided
+    by `temperature` (calibration, see training/calibration.py).
 
     Lengths are padded to a multiple of `pad_to_multiple_of`: every new (batch, length) shape
     makes oneDNN build and cache new kernels, and with exact lengths a worker's memory kept
     growing for minutes under real traffic (1.2 GB after 10 minutes); with multiples of 32 it
     stays flat at no measurable speed cost (docs/PERFORMANCE.md).
     """
-    if not isinstance(model, torch.nn.Module):
-        return model.predict_probabilities(encoded, pad_token_id, token_budget, max_batch,
-                                           autocast_dtype, pad_to_multiple_of, temperature)
-    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    order, parts = [], []
+    for indices in micro_batches(lengths, token_budget, max_batch):
+        inputs = pad_batch(encoded, indices, pad_token_id, runtime.device, pad_to_multiple_of,
+                           getattr(runtime.config, "max_position_embeddings", None))
+        parts.append((runtime.forward(**inputs).float() / temperature).softmax(dim=-1))
+        order += indices
+    probabilities = torch.empty(len(lengths), runtime.config.num_labels, dtype=torch.float32)
+    if parts:  # one device-to-host copy for the whole batch, then back to input order
+        probabilities[torch.tensor(order)] = torch.cat(parts).cpu()
+    return probabilities
 
-    def forward(inputs):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return model(**inputs).logits
 
-    return score_micro_batches(forward, encoded, pad_token_id, model.config.num_labels,
-                               token_budget, max_batch, pad_to_multiple_of, temperature, device,
-                               getattr(model.config, "max_position_embeddings", None))
+def halving_on_out_of_memory(attempt, size: int, smallest: int, device, what: str):
+    """`attempt(size)`; on out-of-memory again with half the size, down to `smallest` (then
+    the error goes up). Prediction halves its micro-batches, explanation its token budget."""
+    while True:
+        try:
+            return attempt(size)
+        except torch.OutOfMemoryError:
+            if size <= smallest:
+                raise
+        # out of the except block, so the failed attempt's tensors can be freed
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        size = max(smallest, size // 2)
+        logger.warning("out of memory %s: retrying at %d", what, size)

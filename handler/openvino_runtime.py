@@ -1,6 +1,7 @@
 """OpenVINO as the CPU runtime: the fine-tuned HF model converted to an OpenVINO model with
-dynamic batch and length, compiled for this CPU, scored through the same micro-batch loop as
-torch (`handler.inference.score_micro_batches`), so padding, order and temperature are shared.
+dynamic batch and length, compiled for this CPU: one of the runtimes of handler/runtime.py,
+scored through the same micro-batch loop as torch (`handler.inference.score`), so padding,
+order and temperature are shared.
 
 Precision: bf16 only where the CPU computes it natively (OpenVINO lists "BF16" in
 OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX): a bf16 hint on a CPU without it runs an
@@ -19,8 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
-from handler.inference import score_micro_batches
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +77,10 @@ def resolve_precision(requested: str, capabilities: list[str], has_int8: bool) -
 
 
 class OpenVINOModel:
-    """A compiled OpenVINO model with the `predict_probabilities` contract of
-    handler.inference (micro-batches under a token budget, padding to a multiple, input order,
-    temperature). One inference request, used by one thread at a time (a TorchServe worker)."""
+    """A compiled OpenVINO model with the runtime interface of handler/runtime.py. One
+    inference request, used by one thread at a time (a TorchServe worker)."""
+
+    device = torch.device("cpu")
 
     def __init__(self, compiled, config, precision: str | None = None):
         self.compiled = compiled
@@ -95,7 +95,8 @@ class OpenVINOModel:
     def load(cls, model_dir, config, threads: int, precision: str = "bf16",
              cache_dir=None, tokenizer=None) -> "OpenVINOModel":
         """Compile the IR in `model_dir`, or, without one, convert the HF model there
-        (`tokenizer` makes the example batch). `threads` CPU threads, one stream."""
+        (`tokenizer` makes the example batch; by default the one in `model_dir`). `threads` CPU
+        threads, one stream."""
         import openvino as ov
         core = ov.Core()
         started = time.perf_counter()
@@ -120,8 +121,9 @@ class OpenVINOModel:
         if ir.is_file():
             # from a path, a cache hit skips reading the model as well as compiling it
             source = str(ir)
-        elif tokenizer is not None:
-            from transformers import AutoModelForSequenceClassification
+        elif (Path(model_dir) / "tokenizer.json").is_file() or tokenizer is not None:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
             source = convert(model, tokenizer)
             del model  # only the converted weights stay in memory
@@ -138,19 +140,10 @@ class OpenVINOModel:
                     f" (cache {cache_dir})" if cache_dir else "")
         return runtime
 
-    def forward(self, inputs: dict) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """Logits of one padded micro-batch (tensors from handler.inference.pad_batch)."""
-        feed = {name: inputs[name].numpy() for name in self.input_names}
-        self.request.infer(feed, share_inputs=True)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "token_type_ids": token_type_ids}
+        self.request.infer({name: inputs[name].numpy() for name in self.input_names},
+                           share_inputs=True)
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
-
-    def predict_probabilities(self, encoded: dict, pad_token_id: int, token_budget: int = 16384,
-                              max_batch: int = 64, autocast_dtype=None,
-                              pad_to_multiple_of: int = 32,
-                              temperature: float = 1.0) -> torch.Tensor:
-        """handler.inference.predict_probabilities for this runtime (autocast_dtype is torch's
-        and ignored here: the precision was fixed at compile time)."""
-        return score_micro_batches(
-            self.forward, encoded, pad_token_id, self.config.num_labels, token_budget,
-            max_batch, pad_to_multiple_of, temperature,
-            limit=getattr(self.config, "max_position_embeddings", None))

@@ -17,13 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from handler.calibration import CALIBRATION_FILE
+from handler.encoding import SETTINGS_FILE as ENCODING_FILE
 from training import model_card
 from training.quantize import int8_files
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_DIR = REPO / "handler"
 MODEL_FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"]
-OPTIONAL_FILES = ["special_tokens_map.json", "encoding.json", "calibration.json"]
+OPTIONAL_FILES = ["special_tokens_map.json", ENCODING_FILE, CALIBRATION_FILE]
 
 
 def check_run_dir(run_dir: Path) -> dict:
@@ -57,10 +59,12 @@ def archive_version(run_dir: Path, config_file: Path = HANDLER_DIR / "model-conf
 
 
 def cpu_runtime(config_file: Path) -> str:
-    """The handler's `cpu_runtime` in a model-config.yaml (torch when not set)."""
+    """The handler's `cpu_runtime` in a model-config.yaml (handler/settings.py's default when not
+    set)."""
     import yaml
-    settings = yaml.safe_load(Path(config_file).read_text()) or {}
-    return (settings.get("handler") or {}).get("cpu_runtime", "torch")
+
+    from handler.settings import HandlerSettings
+    return HandlerSettings.from_model_yaml(yaml.safe_load(Path(config_file).read_text())).cpu_runtime
 
 
 def write_openvino_ir(run_dir: Path, directory: Path) -> Path:

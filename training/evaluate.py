@@ -3,10 +3,13 @@ including the run's temperature (calibration.json), so the probabilities are the
 
     python -m training.evaluate --model runs/quick --data ../shared/data/imdb --split validation
     python -m training.evaluate --model runs/quick --data data/short_reviews.jsonl
+    python -m training.evaluate --model runs/quick --short-data ../shared/data/sst2
 
 `validation` is re-carved exactly as training carved it (seed, size and sample cap are read from
 the run's metrics.json), so the accuracy matches the training report. A .jsonl or .parquet file
-(text, label and optionally kind columns) is scored whole, with accuracy per kind.
+(text, label and optionally kind columns) is scored whole, with accuracy per kind. `--short-data`
+scores a split of SST-2 (hub id or directory) whole, its text normalised as training normalises
+it: `validation` is the 872 sentences the training report gives beside IMDB.
 """
 import argparse
 import json
@@ -15,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from training.data import DataError, check_reviews, load_reviews, take
+from training.data import DataError, check_reviews, load_reviews, load_short_texts, take
 
 REVIEW_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ["fp32", "bf16", "fp16"]
 
 
 def parse_args(argv=None):
@@ -27,12 +30,14 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, type=Path, help="run directory")
     parser.add_argument("--data", help="HF hub dataset, parquet directory, or a .jsonl/.parquet "
                                        "file scored whole (default: the run's data)")
+    parser.add_argument("--short-data", help="score a split of this SST-2 hub id or directory "
+                                             "instead (text normalised as in training)")
     parser.add_argument("--split", default="validation",
                         help="validation | test | train (not for a file)")
     parser.add_argument("--max-samples", type=int, help="default: the run's max_eval_samples")
     parser.add_argument("--max-length", type=int,
                         help="serve fewer tokens than the run was trained with (never more)")
-    parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16/fp16: autocast, and on a GPU half weights, as the handler "
                              "serves them")
     parser.add_argument("--output", type=Path,
@@ -41,13 +46,13 @@ def parse_args(argv=None):
 
 
 def load_run(run_dir: Path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(tokenizer, metrics.json) of a run directory (the model comes from handler/runtime.py)."""
+    from transformers import AutoTokenizer
     if not (run_dir / "config.json").is_file():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
     report = run_dir / "metrics.json"
-    return tokenizer, model, json.loads(report.read_text()) if report.is_file() else {}
+    return AutoTokenizer.from_pretrained(run_dir), \
+        json.loads(report.read_text()) if report.is_file() else {}
 
 
 def is_review_file(data: str) -> bool:
@@ -84,31 +89,39 @@ def accuracy_by_kind(kinds: list[str], labels: list[int], predictions: list[int]
             for kind, hits in sorted(groups.items())}
 
 
-def score_texts(model, tokenizer, texts: list[str], encoding, autocast_dtype=None,
-                temperature: float = 1.0, chunk: int = 256) -> torch.Tensor:
-    """Probabilities for every text, computed exactly as the handler computes them."""
+def score_texts(runtime, tokenizer, texts: list[str], encoding, temperature: float = 1.0,
+                chunk: int = 256) -> torch.Tensor:
+    """Probabilities for every text, computed exactly as the handler computes them, with a
+    runtime from handler/runtime.py (or `TorchRuntime(model)` for a model in memory)."""
     from handler.encoding import encode_reviews
-    from handler.inference import predict_probabilities
+    from handler.inference import score
+    from handler.settings import HandlerSettings
+    serving = HandlerSettings()
     parts = []
     for start in range(0, len(texts), chunk):
         encoded = encode_reviews(tokenizer, texts[start:start + chunk], encoding)
-        parts.append(predict_probabilities(model, encoded, tokenizer.pad_token_id,
-                                           autocast_dtype=autocast_dtype,
-                                           temperature=temperature))
+        parts.append(score(runtime, encoded, tokenizer.pad_token_id, serving.token_budget,
+                           serving.micro_batch_size, serving.pad_to_multiple_of, temperature))
     return torch.cat(parts)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from training.scoring import classification_metrics
-    tokenizer, model, run = load_run(args.model)
-    data = args.data or run.get("data_source")
+    tokenizer, run = load_run(args.model)
+    data = args.short_data or args.data or run.get("data_source")
     if data is None:
         raise SystemExit("error: --data is required (the run does not record its data source)")
     seed = run.get("seed", 42)
     split = Path(data).stem if is_review_file(data) else args.split
     try:
-        if is_review_file(data):  # a file is scored whole: no carve, no default sample cap
+        if args.short_data:  # SST-2's own split, scored whole
+            split = f"sst2-{args.split}"
+            splits = load_short_texts(data)
+            if args.split not in splits:
+                raise SystemExit(f"error: split {args.split!r} not in {sorted(splits)}")
+            dataset = take(splits[args.split], args.max_samples, seed)
+        elif is_review_file(data):  # a file is scored whole: no carve, no default sample cap
             dataset = take(load_review_file(data), args.max_samples, seed)
         else:
             splits, _ = load_reviews(data, run.get("validation_size", 2000), seed)
@@ -119,20 +132,17 @@ def main(argv=None) -> dict:
             dataset = take(splits[args.split], max_samples, seed)
     except DataError as err:
         raise SystemExit(f"error: {err}")
+    from handler.calibration import Calibration
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
-    encoding = EncodingSettings.load(args.model).capped(args.max_length)
-    temperature = load_temperature(args.model)
+    from handler.runtime import load_runtime
+    encoding = EncodingSettings.serving(args.model, args.max_length)
+    temperature = Calibration.load(args.model).temperature
 
-    # on the GPU when there is one, weights cast as SentimentHandler.prepare_model casts them
+    # on the GPU when there is one, as the handler serves it there
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast_dtype = AUTOCAST[args.precision]
-    model = model.to(device)
-    if device.type == "cuda" and autocast_dtype is not None:
-        model = model.to(dtype=autocast_dtype)
+    runtime = load_runtime(args.model, device, args.precision)
     started = time.perf_counter()
-    probabilities = score_texts(model, tokenizer, dataset["text"], encoding, autocast_dtype,
-                                temperature)
+    probabilities = score_texts(runtime, tokenizer, dataset["text"], encoding, temperature)
     elapsed = time.perf_counter() - started
     labels = torch.tensor(dataset["label"])
     predictions = probabilities.argmax(-1).tolist()

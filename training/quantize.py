@@ -83,26 +83,24 @@ def quantize_run(run_dir: Path, model, tokenizer, encoding, calibration_texts: l
     its files in `run_dir` if it agrees with `fp32_probabilities` often enough and is about as
     accurate. The report."""
     import openvino as ov
-    from transformers import AutoConfig
 
-    from handler.openvino_runtime import OpenVINOModel
+    from handler.runtime import load_runtime
     from training.evaluate import score_texts
     started = time.perf_counter()
     quantized = quantize(model, tokenizer, encoding, calibration_texts)
     seconds = time.perf_counter() - started
-    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    runtime = OpenVINOModel(compiled, AutoConfig.from_pretrained(run_dir))
+    files = int8_files(run_dir)
+    # checked as it will be served: the saved file, through the runtime factory
+    ov.save_model(quantized, str(files[0]), compress_to_fp16=False)
+    runtime = load_runtime(run_dir, "cpu", "int8", "openvino")
     report = compare(score_texts(runtime, tokenizer, check_texts, encoding),
                      fp32_probabilities, check_labels)
     report.update(calibration_reviews=len(calibration_texts), quantize_s=round(seconds, 1),
                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
                   kept=report["agreement_with_fp32"] >= min_agreement and
                   report["fp32_accuracy"] - report["accuracy"] <= max_accuracy_drop + 1e-9)
-    files = int8_files(run_dir)
-    if report["kept"]:
-        ov.save_model(quantized, str(files[0]), compress_to_fp16=False)
-    else:
-        for path in files:  # a stale model from an earlier quantization must not be served
+    if not report["kept"]:
+        for path in files:  # a model that failed the check must not be served
             path.unlink(missing_ok=True)
     return report
 
@@ -137,9 +135,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP,
                         help="validation accuracy int8 may lose (0.001 = 0.1 point)")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from handler.encoding import EncodingSettings
+    from handler.runtime import load_runtime
     from training.data import DataError, load_reviews, take
     from training.evaluate import score_texts
     if not (args.run_dir / "metrics.json").is_file():
@@ -156,10 +155,11 @@ def main(argv=None) -> dict:
     check = take(splits["validation"], args.check_reviews, run.get("seed", 42))
     calibration = take(splits["train"], args.calibration_reviews, run.get("seed", 42) + 1)
     tokenizer = AutoTokenizer.from_pretrained(args.run_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(args.run_dir).eval()
     encoding = EncodingSettings.load(args.run_dir)
-    fp32 = score_texts(model, tokenizer, check["text"], encoding)
-    report = quantize_run(args.run_dir, model, tokenizer, encoding, list(calibration["text"]),
+    runtime = load_runtime(args.run_dir, "cpu", "fp32")
+    fp32 = score_texts(runtime, tokenizer, check["text"], encoding)
+    report = quantize_run(args.run_dir, runtime.model, tokenizer, encoding,
+                          list(calibration["text"]),
                           list(check["text"]), check["label"], fp32, args.min_agreement,
                           args.max_accuracy_drop)
     record(args.run_dir, report)
