@@ -20,13 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
 started = time.perf_counter()
-from transformers import AutoConfig, AutoTokenizer
-from handler.openvino_runtime import OpenVINOModel
+from handler.runtime import load_runtime
 model_dir, cache = sys.argv[1], sys.argv[2] or None
-config = AutoConfig.from_pretrained(model_dir)
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
 imported = time.perf_counter()
-OpenVINOModel.load(model_dir, config, 2, "bf16", cache_dir=cache, tokenizer=tokenizer)
+load_runtime(model_dir, "cpu", "bf16", "openvino", threads=2, cache_dir=cache)
 print(json.dumps({"imports_s": imported - started, "model_s": time.perf_counter() - imported}))
 """
 
