@@ -164,41 +164,69 @@ def _handler_for(hub: FakeHub):
     return Handler
 
 
-# --- a repo shaped like stanfordnlp/imdb -----------------------------------------------------
+# --- repos shaped like stanfordnlp/imdb and stanfordnlp/sst2 -----------------------------------
 
 IMDB_SPLITS = ("train", "test", "unsupervised")
+SST2_SPLITS = ("train", "validation", "test")
 
 
-def imdb_repo(splits: dict) -> dict[str, bytes]:
-    """The stanfordnlp/imdb layout: README.md whose YAML declares config plain_text, and one parquet
-    file per split under plain_text/, written by `datasets` with label as ClassLabel(neg, pos)
-    (-1 in unsupervised), as in the real repo. `splits` maps split name to a text/label frame."""
-    from datasets import ClassLabel, Dataset, Features, Value
+def parquet_repo(splits: dict, features, config: str, folder: str, title: str) -> dict[str, bytes]:
+    """README.md whose YAML declares `config` (the default) with one parquet file per split
+    under `folder`/, written by `datasets` with `features`, as the real repos are."""
+    from datasets import Dataset
 
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     files, split_info = {}, []
     for split, frame in splits.items():
         dataset = Dataset.from_pandas(frame, features=features, preserve_index=False)
         buffer = io.BytesIO()
         dataset.to_parquet(buffer)
-        files[f"plain_text/{split}-00000-of-00001.parquet"] = buffer.getvalue()
+        files[f"{folder}/{split}-00000-of-00001.parquet"] = buffer.getvalue()
         split_info.append({"name": split, "num_bytes": dataset.data.nbytes,
                            "num_examples": len(dataset)})
     card = {
-        "pretty_name": "IMDB",
+        "pretty_name": title,
         "dataset_info": {
-            "config_name": "plain_text",
-            "features": [{"name": "text", "dtype": "string"},
-                         {"name": "label", "dtype": {"class_label": {"names": {"0": "neg",
-                                                                               "1": "pos"}}}}],
+            "config_name": config,
+            "features": [{"name": name, "dtype": _card_dtype(feature)}
+                         for name, feature in features.items()],
             "splits": split_info,
             "download_size": sum(map(len, files.values())),
             "dataset_size": sum(info["num_bytes"] for info in split_info),
         },
-        "configs": [{"config_name": "plain_text", "default": True,
-                     "data_files": [{"split": split, "path": f"plain_text/{split}-*"}
+        "configs": [{"config_name": config, "default": True,
+                     "data_files": [{"split": split, "path": f"{folder}/{split}-*"}
                                     for split in splits]}],
     }
     files["README.md"] = ("---\n" + yaml.safe_dump(card, sort_keys=False) + "---\n\n"
-                          "# A small stand-in for the IMDB dataset card\n").encode()
+                          f"# A small stand-in for the {title} dataset card\n").encode()
     return files
+
+
+def _card_dtype(feature):
+    from datasets import ClassLabel
+    if isinstance(feature, ClassLabel):
+        return {"class_label": {"names": {str(i): name for i, name in enumerate(feature.names)}}}
+    return feature.dtype
+
+
+def imdb_repo(splits: dict) -> dict[str, bytes]:
+    """The stanfordnlp/imdb layout: config plain_text, one parquet file per split under
+    plain_text/, label a ClassLabel(neg, pos) (-1 in unsupervised). `splits` maps split name to
+    a text/label frame."""
+    from datasets import ClassLabel, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    return parquet_repo(splits, features, "plain_text", "plain_text", "IMDB")
+
+
+def sst2_repo(splits: dict) -> dict[str, bytes]:
+    """The stanfordnlp/sst2 layout: config default, files under data/, columns idx (int32),
+    sentence (lowercased, Penn-Treebank tokenized) and label a ClassLabel(negative, positive),
+    -1 in the test split. `splits` maps split name to a sentence/label frame; idx is added."""
+    from datasets import ClassLabel, Features, Value
+
+    features = Features({"idx": Value("int32"), "sentence": Value("string"),
+                         "label": ClassLabel(names=["negative", "positive"])})
+    frames = {split: frame.reset_index(drop=True).rename_axis("idx").reset_index()
+              [["idx", "sentence", "label"]] for split, frame in splits.items()}
+    return parquet_repo(frames, features, "default", "data", "SST-2")

@@ -165,3 +165,10 @@ def split_short(train, count: int | None, calibration: int, min_words: int, seed
     held_out = kept.select(range(calibration))
     end = len(kept) if count is None else min(len(kept), calibration + count)
     return kept.select(range(calibration, end)), held_out
+
+
+def mix_short(train_rows, short_train, seed: int):
+    """The training rows (text, label) with the short texts mixed in, shuffled with `seed`."""
+    from datasets import concatenate_datasets
+    return concatenate_datasets([train_rows.select_columns(["text", "label"]),
+                                 short_train.select_columns(["text", "label"])]).shuffle(seed=seed)

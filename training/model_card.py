@@ -64,6 +64,11 @@ def data_section(metrics: dict) -> list[str]:
         lines.append(f"- Validation: {metrics['validation_split']}.")
     if metrics.get("augmentation"):
         lines.append(f"- Augmentation: {describe(metrics['augmentation'])}.")
+    short = metrics.get("short_data")
+    if isinstance(short, dict) and short.get("train_texts"):
+        lines.append(f"- Short texts: {short['train_texts']} phrases and sentences of SST-2 "
+                     f"(`{short.get('source', 'n/a')}`, Socher et al. 2013, Rotten Tomatoes "
+                     f"reviews), {short.get('drawn', '')}; {short.get('text', '')}.")
     return lines + [""]
 
 
@@ -116,7 +121,8 @@ def calibration_section(calibration) -> list[str]:
                      f"{temperature:.4f}" + (f", fitted on {calibration['fitted_on']}."
                                              if calibration.get("fitted_on") else "."))
     panels = [(name, calibration[key]) for key, name in
-              (("validation", "IMDB validation"), ("short_reviews", "short reviews"))
+              (("validation", "IMDB validation"), ("sst2_validation", "SST-2 validation"),
+               ("short_reviews", "short reviews"))
               if isinstance(calibration.get(key), dict)]
     if panels:
         lines += ["", "| set | samples | ECE before | ECE after | log loss before | "
@@ -127,6 +133,20 @@ def calibration_section(calibration) -> list[str]:
                          f"{number(before.get('ece'))} | {number(after.get('ece'))} | "
                          f"{number(before.get('nll'))} | {number(after.get('nll'))} |")
     return lines + [""]
+
+
+# Published accuracy on SST-2 validation (Sanh et al. 2019, the DistilBERT paper, Table 1)
+SST2_ANCHORS = "BERT-base 92.7 %, DistilBERT (66M parameters) 91.3 % (Sanh et al. 2019)"
+
+
+def sst2_section(sst2) -> list[str]:
+    if not isinstance(sst2, dict):
+        return []
+    return ["## SST-2 validation (external benchmark)", "",
+            f"The {sst2.get('samples', 'n/a')} sentences of SST-2's validation split "
+            f"(`{sst2.get('source', 'n/a')}`; never trained on, temperature not fitted on them): "
+            f"accuracy {percent(sst2.get('accuracy'))}, F1 (positive) "
+            f"{number(sst2.get('f1'))}. Published on the same set: {SST2_ANCHORS}.", ""]
 
 
 def short_reviews_section(short) -> list[str]:
@@ -173,6 +193,7 @@ def render(metrics: dict, model_name: str = "bert_sentiment", version: str = "")
     lines += data_section(metrics)
     lines += training_section(metrics)
     lines += metrics_section(metrics)
+    lines += sst2_section(metrics.get("sst2_validation"))
     lines += calibration_section(metrics.get("calibration"))
     lines += short_reviews_section(metrics.get("short_reviews"))
     lines += int8_section(metrics.get("int8"))

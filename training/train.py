@@ -24,7 +24,7 @@ from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
 from training.calibration import calibration_report, fit_temperature, nll, reliability_diagram
 from training.data import (DEFAULT_DATA, DEFAULT_SHORT_DATA, NO_SHORT_DATA, SHORT_DATA_ENV,
                            DataError, LABEL_NAMES, default_short_data, load_reviews,
-                           load_short_texts, split_short, take)
+                           load_short_texts, mix_short, split_short, take)
 from training.quantize import MAX_ACCURACY_DROP, MIN_AGREEMENT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -322,7 +322,7 @@ def write_calibration(output_dir: Path, calibration: dict) -> None:
                 calibration["samples"]).save(output_dir)
 
 
-def load_short_corpus(args):
+def load_short_corpus(args, fit_temperature: bool):
     """(train rows, calibration rows, validation rows, description) of the short-text corpus,
     Nones when it is off. Its validation split is only reported: never trained or fitted on."""
     if args.short_data == NO_SHORT_DATA:
@@ -332,7 +332,7 @@ def load_short_corpus(args):
         return None, None, None, {"source": NO_SHORT_DATA, "train_texts": 0}
     try:
         corpus = load_short_texts(args.short_data)
-        calibration = args.short_calibration_size if args.calibration_size else 0
+        calibration = args.short_calibration_size if fit_temperature else 0
         train, held_out = split_short(corpus["train"], args.short_samples, calibration,
                                       args.short_min_words, args.seed)
     except DataError as err:
@@ -409,11 +409,10 @@ def main(argv=None) -> dict:
     augmentation = describe(args.augment_kinds, args.excerpts_per_review, args.seed,
                             reviews=len(train_set), excerpts=len(train_rows) - len(train_set),
                             sources=len(sources))
-    short_train, short_calibration, short_validation, short_info = load_short_corpus(args)
+    short_train, short_calibration, short_validation, short_info = load_short_corpus(
+        args, fit_temperature=calibration_set is not None)
     if short_train is not None:
-        from datasets import concatenate_datasets
-        train_rows = concatenate_datasets([train_rows.select_columns(["text", "label"]),
-                                           short_train]).shuffle(seed=args.seed)
+        train_rows = mix_short(train_rows, short_train, args.seed)
     print(f"data: {args.data}; {data_info['validation']}; training on {len(train_set)} reviews "
           f"+ {augmentation['excerpts']} excerpts + {short_info['train_texts']} short texts "
           f"({args.short_data}), validating on {len(eval_set)} reviews; "
