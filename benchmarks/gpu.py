@@ -27,10 +27,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.loadgen import load_levels, parse_levels  # noqa: E402
 from benchmarks.stats import level, percentile, ratio  # noqa: E402
+from harness.worker import load_predictor  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "handler" / "model-config.yaml"
-MODEL_NAME = "bert_sentiment"
 P99_CONCURRENCY = 64
 
 
@@ -51,34 +51,10 @@ def pick_device(requested: str):
     return device
 
 
-def load_handler(run_dir, device="cpu", workers: int = 1, **settings):
-    """A `SentimentHandler` initialized as a TorchServe worker would be: `device` "cuda:N"
-    passes gpu_id N, "cpu" none; `settings` is the handler section of model-config.yaml."""
-    import torch
-    from ts.context import Context
-
-    from handler.sentiment_handler import SentimentHandler
-    device = torch.device(device)
-    gpu_id = (device.index or 0) if device.type == "cuda" else None
-    context = Context(MODEL_NAME, str(run_dir), {"model": {"modelName": MODEL_NAME}}, 1, gpu_id,
-                      "0.12.0", model_yaml_config={"maxWorkers": workers, "handler": settings})
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler
-
-
 def synchronize(device) -> None:
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def load_predictor(run_dir, device="cpu", **settings):
-    """The handler's model core (handler/predictor.py) as a worker builds it, without
-    TorchServe: `settings` is the handler section of model-config.yaml."""
-    from handler.predictor import Predictor
-    from handler.settings import HandlerSettings
-    return Predictor(run_dir, device, HandlerSettings(**settings))
 
 
 def sized_for(predictor, batch_size: int) -> None:

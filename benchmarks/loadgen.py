@@ -115,11 +115,20 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def loopback_url(url: str) -> str:
+    """check_loopback as an argparse type: a refused URL is a usage error, before any data."""
+    try:
+        return check_loopback(url)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url", help="loopback endpoint, e.g. http://127.0.0.1:8080/predictions/"
-                                    "bert_sentiment")
+    parser.add_argument("url", type=loopback_url,
+                        help="loopback endpoint, e.g. http://127.0.0.1:8080/predictions/"
+                             "bert_sentiment")
     parser.add_argument("--data", help="parquet directory with train.parquet "
                                        "(default: $IMDB_DATA_DIR)")
     parser.add_argument("--texts", type=int, default=2000)

@@ -158,7 +158,8 @@ def measure_server(server, texts, levels, args) -> dict:
 
 
 def run_benchmark(args) -> dict:
-    from harness.server import SeedBaseline, TorchServe
+    from benchmarks.seed_baseline import SeedBaseline
+    from harness.server import TorchServe
     from benchmarks.texts import load_split
     run_meta = json.loads((args.run / "metrics.json").read_text())
     max_length = args.max_length or run_meta.get("max_length", 256)

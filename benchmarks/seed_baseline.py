@@ -9,6 +9,12 @@ POST /predict with a text/plain body (or JSON {"text": ...}) -> {"label", "score
 import argparse
 import ipaddress
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.server import Server, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +50,27 @@ def create_app(model_dir: str, max_length: int = 256):
         return jsonify(label=labels[best], score=probabilities[best])
 
     return app
+
+
+class SeedBaseline(Server):
+    """This baseline (Flask, threaded) in its own process on a free loopback port."""
+
+    def __init__(self, workdir: Path, model_dir: Path, max_length: int = 256):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/predict"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.seed_baseline", "--model", str(model_dir),
+             "--host", "127.0.0.1", "--port", str(self.port), "--max-length", str(max_length)],
+            cwd=Path(__file__).resolve().parent.parent, env=env,
+            stdout=open(self.workdir / self.log_name, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def cold_start(self, timeout: float = 180) -> float:
+        return self.wait_for_prediction(timeout, started=self.started)
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ import aiohttp
 import psutil
 import requests
 
-from harness.server import TorchServe
+from harness.server import TorchServe, frontend_process
 from benchmarks.stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,15 +63,6 @@ def ready(management: str) -> bool:
 
 
 # --- memory -----------------------------------------------------------------------------------
-
-def frontend_process(url: str):
-    """The java process listening on the inference port."""
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid)
-    raise SystemExit(f"no process listens on port {port}")
-
 
 def rss_mb(processes) -> float:
     total = 0

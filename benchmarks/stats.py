@@ -1,22 +1,15 @@
-"""Pure maths of the harness: percentiles, per-level summaries, ratios and the target checks.
-No I/O and no third-party imports, so it is unit-tested without a server."""
-import math
+"""Pure maths of the benchmark: percentiles, per-level summaries, ratios and the target checks.
+No I/O. tests/test_bench.py checks them in the report `python -m benchmarks.run` writes."""
 
 
 def percentile(values, q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks (the
-    default of numpy.percentile). None for no values."""
+    """The q-th percentile (0..100), linearly interpolated between closest ranks
+    (numpy.percentile's default). None for no values."""
+    import numpy
     if not 0 <= q <= 100:
         raise ValueError(f"percentile {q} is outside 0..100")
-    data = sorted(values)
-    if not data:
-        return None
-    if len(data) == 1:
-        return float(data[0])
-    rank = (len(data) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(data) - 1)
-    return float(data[low] + (data[high] - data[low]) * (rank - low))
+    values = list(values)
+    return float(numpy.percentile(values, q)) if values else None
 
 
 def summarize(latencies_s: list[float], errors: int, elapsed_s: float, reviews: int,

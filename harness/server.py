@@ -1,14 +1,17 @@
-"""Start servers on free loopback ports for the benchmark: TorchServe (configured like
-tests/conftest.py's `TorchServe`: serving/config.properties with loopback ports and the given
-model store) and the seed-style Flask baseline. Each runs in its own process group so `stop`
-ends it and all its children, and nothing else."""
+"""A real TorchServe on free loopback ports for the tests and the benchmarks: configured with
+serving/config.properties (ports, model store and given settings replaced), in its own process
+group so `stop` ends it and all its children, and nothing else; its logs read back with what
+log4j2 rolled away. `Server` is the process part, which benchmarks/seed_baseline.py's launcher
+shares."""
 import gzip
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +75,10 @@ class Server:
     workdir: Path
     log_name = "stdout.log"
 
+    def auth(self, kind: str) -> dict:
+        """Headers that authorize a request of this kind: none here."""
+        return {}
+
     def log(self, name: str) -> str:
         """The whole of TorchServe's logs/<name>.log, rolled parts included (read_log)."""
         return read_log(self.workdir / "logs", name)
@@ -94,11 +101,12 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_tail()}")
             try:
-                response = requests.post(self.url, data=b"A wonderful, moving film.",
-                                         headers={"Content-Type": "text/plain"}, timeout=30)
+                response = requests.post(self.url, data=b"A wonderful, moving film.", timeout=30,
+                                         headers={"Content-Type": "text/plain",
+                                                  **self.auth("inference")})
                 if response.status_code == 200:
                     return time.monotonic() - started
-            except (requests.ConnectionError, requests.Timeout):
+            except (OSError, requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"no successful prediction after {timeout} s: {self.log_tail()}")
@@ -147,6 +155,7 @@ class TorchServe(Server):
         authorization (keys in WORKDIR/key_file.json) instead of none."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.token_auth = token_auth
         self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
         self.inference = f"http://127.0.0.1:{self.ports['inference']}"
         self.management = f"http://127.0.0.1:{self.ports['management']}"
@@ -175,42 +184,75 @@ class TorchServe(Server):
         """Seconds from process start to the first successful prediction."""
         return self.wait_for_prediction(timeout, started=self.started)
 
+    def key(self, kind: str) -> str:
+        """`inference`, `management` or `API` from key_file.json (token auth: written at start)."""
+        return json.loads((self.workdir / "key_file.json").read_text())[kind]["key"]
+
+    def auth(self, kind: str) -> dict:
+        """The Authorization header an `inference` or `management` request needs: none without
+        token auth."""
+        return {"Authorization": f"Bearer {self.key(kind)}"} if self.token_auth else {}
+
     def wait_ready(self, timeout: float = 180) -> float:
-        """Seconds until /ping is healthy and the model has a READY worker."""
+        """Seconds until /ping is healthy and the model has a READY worker (with token auth,
+        asked with the keys, which exist only once the server has started)."""
         import requests
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"TorchServe exited: {self.log_tail()}")
             try:
-                if requests.get(f"{self.inference}/ping", timeout=2).status_code == 200 and \
+                ping = requests.get(f"{self.inference}/ping", headers=self.auth("inference"),
+                                    timeout=2)
+                if ping.status_code == 200 and \
                         any(w["status"] == "READY" for w in self.describe()["workers"]):
                     return time.monotonic() - started
-            except (requests.RequestException, KeyError, IndexError, ValueError):
+            except (OSError, requests.RequestException, KeyError, IndexError, ValueError):
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"TorchServe not ready after {timeout} s: {self.log_tail()}")
 
     def describe(self) -> dict:
         import requests
-        return requests.get(f"{self.management}/models/{MODEL_NAME}", timeout=10).json()[0]
+        return requests.get(f"{self.management}/models/{MODEL_NAME}",
+                            headers=self.auth("management"), timeout=10).json()[0]
 
 
-class SeedBaseline(Server):
-    """benchmarks/seed_baseline.py (Flask, threaded) on a free loopback port."""
+def frontend_process(url: str):
+    """The psutil.Process of the java frontend listening on `url`'s port."""
+    import psutil
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    raise RuntimeError(f"no process listens on port {port}")
 
-    def __init__(self, workdir: Path, model_dir: Path, max_length: int = 256):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/predict"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.seed_baseline", "--model", str(model_dir),
-             "--host", "127.0.0.1", "--port", str(self.port), "--max-length", str(max_length)],
-            cwd=REPO, env=env, stdout=open(self.workdir / self.log_name, "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
 
-    def cold_start(self, timeout: float = 180) -> float:
-        return self.wait_for_prediction(timeout, started=self.started)
+@contextmanager
+def running(workdir: Path, store: Path, **overrides):
+    """A `TorchServe` of its own once it is ready; stopped on leaving, ready or not."""
+    with TorchServe(workdir, store, **overrides) as server:
+        server.wait_ready()
+        yield server
+
+
+def workers_once_settled(server, count: int, timeout: float) -> list[dict]:
+    """The model's workers once there are `count` of them, all READY, or as they are at the
+    deadline. Even a synchronous scale-up needs the wait: TorchServe 0.12 answers it when the new
+    worker reports its model loaded (WorkerThread.setState notifies its listener first), a moment
+    before describe shows that worker READY rather than UNLOADING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = server.describe()["workers"]
+        settled = len(workers) == count and all(w["status"] == "READY" for w in workers)
+        if settled or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.5)
+
+
+def manifest_version(mar: Path) -> str:
+    """The version an archive is served under (MANIFEST.json's modelVersion: training/archive.py
+    sets it to a hash of what produced the answers)."""
+    import zipfile
+    with zipfile.ZipFile(mar) as archive:
+        return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"]
