@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny random BERT with its own WordPiece vocab, synthetic reviews, and a
-tiny fine-tuned run directory. Everything is built offline inside the test session."""
+"""Shared fixtures: a tiny random BERT with its own WordPiece vocab, synthetic reviews, a
+tiny fine-tuned run directory, its archives (the shipped one and a second version) and a
+TorchServe serving it. Everything is built offline inside the test session; servers come from
+harness/."""
 import os
 import random
 from pathlib import Path
@@ -11,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from harness.server import TorchServe  # noqa: E402
+from harness.http import JSON, post  # noqa: E402
+from harness.server import manifest_version, running  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 POSITIVE = ["great", "wonderful", "loved", "brilliant", "superb", "moving"]
@@ -33,6 +36,21 @@ def synthetic_reviews(count: int, seed: int = 0) -> pd.DataFrame:
             words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
         rows.append({"text": " ".join(words).capitalize() + ".", "label": label})
     return pd.DataFrame(rows)
+
+
+def long_reviews(count: int, seed: int) -> list[str]:
+    """Synthetic reviews of 40-90 words, some with IMDB's <br /> tags: longer than the 32 tokens
+    the tiny model was trained with, so truncation decides what the model sees."""
+    rng = random.Random(seed)
+    frame = synthetic_reviews(count * 4, seed=seed)
+    texts = []
+    for i in range(count):
+        words = " ".join(frame["text"][4 * i:4 * i + 4]).split()
+        while len(words) < 40:
+            words += rng.choice(frame["text"]).split()
+        text = " ".join(words[:rng.randint(40, 90)])
+        texts.append(text.replace(". ", ".<br /><br />", 1) if i % 2 else text)
+    return texts
 
 
 @pytest.fixture(scope="session")
@@ -105,10 +123,9 @@ def tiny_archive(tiny_run, tmp_path_factory) -> Path:
 def predict_once(mar: Path, texts: list[str], workdir: Path) -> tuple[list[dict], str]:
     """Start a TorchServe on the archive, POST the texts in one request, stop it: the answers
     (HTTP 200 asserted) and the worker's model log."""
-    import requests
-    with TorchServe(workdir, mar.parent) as server:
-        server.wait_ready()
-        response = requests.post(server.url, json={"texts": texts}, timeout=60)
+    import json
+    with running(workdir, mar.parent) as server:
+        response = post(server, json.dumps({"texts": texts}), JSON)
         assert response.status_code == 200, response.text
         return response.json(), server.log("model_log")
 
@@ -116,10 +133,34 @@ def predict_once(mar: Path, texts: list[str], workdir: Path) -> tuple[list[dict]
 @pytest.fixture(scope="session")
 def torchserve(tiny_archive, tmp_path_factory):
     # CPU, even on a GPU machine: answers are compared with fp32 scores (GPU: tests/test_gpu.py)
-    server = TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_archive.parent,
-                        number_of_gpu=0)
-    try:
-        server.wait_ready()
+    with running(tmp_path_factory.mktemp("torchserve"), tiny_archive.parent,
+                 number_of_gpu=0) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def two_archives(tiny_run, tiny_archive, tmp_path_factory) -> tuple[Path, Path]:
+    """(v1, v2): the tiny archive, and the same run with its two classifier rows swapped,
+    archived with the same model-config.yaml (so under another version: other weights). v2's
+    positive probability is v1's negative one, so the two answer any clear review far apart (a
+    shifted bias did not: the tiny model is not bit-reproducible, and when it came out sure of
+    the probe, 0.950 and 0.988 told the versions apart by less than the tests' 0.05)."""
+    import shutil
+    import zipfile
+
+    from safetensors.torch import load_file, save_file
+
+    from training.archive import main
+    run = tmp_path_factory.mktemp("runs") / "tiny-v2"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    weights = load_file(run / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name].flip(0).contiguous()
+    save_file(weights, run / "model.safetensors", metadata={"format": "pt"})
+    work = tmp_path_factory.mktemp("v2-archive")
+    with zipfile.ZipFile(tiny_archive) as archive:
+        (work / "model-config.yaml").write_bytes(archive.read("model-config.yaml"))
+    v2 = main([str(run), "--model-store", str(work / "store"), "--config-file",
+               str(work / "model-config.yaml")])
+    assert manifest_version(v2) != manifest_version(tiny_archive)
+    return tiny_archive, v2

@@ -3,12 +3,12 @@ checks them and runs their unit tests on synthetic series (tests/alert_rules_tes
 every metric they read is one TorchServe or our handler really exports (serving/metrics.yaml).
 """
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from harness.tools import tool
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "docker" / "prometheus-rules.yml"
@@ -20,9 +20,7 @@ PROMQL_WORDS = {"sum", "by", "rate", "or", "and", "unless", "on", "changes", "co
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`; `make tools`)")
+    binary = tool("promtool", "Debian package `prometheus`; make tools")
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
 
 

@@ -8,9 +8,8 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import NEGATIVE, POSITIVE, REPO
-from tests.test_bad_input import isolated_server
-from tests.test_serving import long_reviews
+from harness.server import running
+from tests.conftest import NEGATIVE, POSITIVE, REPO, long_reviews
 
 pytestmark = pytest.mark.serve
 TEMPERATURE = 2.5
@@ -58,7 +57,7 @@ def server(calibrated, tmp_path_factory):
     config.write_text(yaml.safe_dump(settings))
     store = tmp_path_factory.mktemp("calibrated-store")
     main([str(run), "--model-store", str(store), "--config-file", str(config)])
-    with isolated_server(tmp_path_factory.mktemp("ts-calibrated"), store) as ts:
+    with running(tmp_path_factory.mktemp("ts-calibrated"), store) as ts:
         yield ts
 
 

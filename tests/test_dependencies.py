@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-CODE_DIRS = ["training", "handler", "benchmarks", "tests", "deploy"]
+CODE_DIRS = ["training", "handler", "harness", "benchmarks", "tests", "deploy"]
 
 
 def requirement_name(spec: str) -> str:
@@ -63,6 +63,39 @@ def test_every_imported_package_is_declared():
             missing[module] = sorted(provided_by)
     # torch-model-archiver ships model_archiver, TorchServe ships ts: both declared
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def first_party_imports(path: Path) -> set[str]:
+    """The repository's own modules `path` imports, dotted ("benchmarks.gpu", "tests.conftest")."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return {name for name in names if name.split(".")[0] in
+            {"handler", "training", "harness", "benchmarks", "tests"}}
+
+
+# handler <- training <- benchmarks, with harness (what tests and benchmarks share) and tests
+# on the side: what each layer may not import
+FORBIDDEN = {"handler": {"training", "harness", "benchmarks", "tests"},
+             "training": {"harness", "benchmarks", "tests"},
+             "harness": {"benchmarks", "tests"},
+             "benchmarks": {"tests"},
+             "tests": {"benchmarks"}}
+
+
+def test_no_import_runs_back_up_a_layer_and_no_test_imports_another():
+    wrong = []
+    for layer, forbidden in FORBIDDEN.items():
+        for path in sorted((REPO / layer).rglob("*.py")):
+            for name in first_party_imports(path):
+                top = name.split(".")[0]
+                other_test = top == "tests" and name.split(".")[-1].startswith("test_")
+                if top in forbidden or other_test:
+                    wrong.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not wrong, wrong
 
 
 def test_lock_files_pin_everything_at_the_declared_versions():

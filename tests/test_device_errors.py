@@ -12,7 +12,7 @@ import pytest
 import torch
 from ts.context import RequestProcessor
 
-from benchmarks.gpu import load_handler
+from harness.worker import load_handler
 from handler.sentiment_handler import (EXIT_CODE_DEVICE_FAILED, is_fatal_device_error,
                                        is_out_of_memory)
 from tests.conftest import REPO, synthetic_reviews
@@ -146,7 +146,7 @@ def test_out_of_memory_even_for_one_text_fails_only_that_call(handler):
 FATAL_CHILD = """
 import json, sys, time, torch
 from ts.context import RequestProcessor
-from benchmarks.gpu import load_handler
+from harness.worker import load_handler
 handler = load_handler(sys.argv[1], "cpu", cpu_precision="fp32")
 class Broken(torch.nn.Module):
     def __init__(self, model):

@@ -4,7 +4,8 @@ temporary model store, serve it with TorchServe and talk to it on 127.0.0.1 only
     BASE_IMAGE=local/python:3.11-slim-bookworm pytest -m docker tests/test_docker_e2e.py -s
 
 Skipped when no Docker engine answers, when neither `docker-compose` nor `docker compose` is
-there, or when the base image is not present locally (nothing is pulled). The stack runs
+there, or when the base image is not present locally (nothing is pulled); under CI=true each of
+these fails instead (harness/tools.py). The stack runs
 under its own compose project name (DOCKER_E2E_PROJECT, default bertsentiment-e2e) on free
 loopback ports with a temporary model store, so a user's stack and ./model_store are left
 alone. The image keeps the compose default tag (BERT_SENTIMENT_IMAGE, default
@@ -25,27 +26,22 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.server import free_port
-from tests.test_serving import assert_prediction, predict, workers_once_settled
+from harness.docker import BASE_IMAGE, BUILD_TIMEOUT, IMAGE, LOOPBACK, engine, run
+from harness.http import JSON, assert_prediction, post
+from harness.server import free_port, workers_once_settled
+from harness.tools import missing
+from tests.conftest import synthetic_reviews
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PROJECT = os.environ.get("DOCKER_E2E_PROJECT", "bertsentiment-e2e")
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "python:3.11-slim-bookworm")
-IMAGE = os.environ.get("BERT_SENTIMENT_IMAGE", "bert-sentiment:latest")
-BUILD_TIMEOUT = float(os.environ.get("DOCKER_E2E_BUILD_TIMEOUT", 3600))  # a cold build downloads torch
 READY_TIMEOUT = float(os.environ.get("DOCKER_E2E_READY_TIMEOUT", 600))   # model-init + startup
-LOOPBACK = "127.0.0.1"
 # the tiny model-init budget: seconds of training, not minutes
 BUDGET = {"MODEL_INIT_MAX_TRAIN_SAMPLES": "64", "MODEL_INIT_MAX_EVAL_SAMPLES": "64",
           "MODEL_INIT_VALIDATION_SIZE": "64", "MODEL_INIT_MAX_LENGTH": "64",
           "MODEL_INIT_EPOCHS": "1"}
-
-
-def run(cmd, timeout=60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def compose_command():
@@ -65,7 +61,6 @@ def training_data(tmp_path_factory) -> Path:
         path = Path(given) if Path(given).is_absolute() else REPO / given
         assert (path / "train.parquet").is_file(), f"IMDB_DATA_DIR={given}: no train.parquet"
         return path.resolve()
-    from tests.conftest import synthetic_reviews
     path = tmp_path_factory.mktemp("reviews")
     synthetic_reviews(400).to_parquet(path / "train.parquet")
     path.chmod(0o755)
@@ -135,7 +130,7 @@ class Stack:
                     pytest.fail(f"torchserve keeps restarting ({last}):\n{self.logs()}")
                 if last[0] == "running" and last[1] == "healthy" and last[2] >= min_restarts:
                     try:
-                        if predict(self, "A wonderful film.").status_code == 200:
+                        if post(self, "A wonderful film.").status_code == 200:
                             return time.monotonic() - started
                     except requests.RequestException:
                         pass
@@ -152,16 +147,8 @@ class Stack:
 def stack(tmp_path_factory):
     compose_cmd = compose_command()
     if compose_cmd is None:
-        pytest.skip("neither docker-compose nor `docker compose` is installed")
-    try:
-        info = run(["docker", "info"], timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"no Docker engine: {error}")
-    if info.returncode != 0:
-        pytest.skip(f"no Docker engine answers `docker info`: {info.stderr.strip()[:300]}")
-    if run(["docker", "image", "inspect", BASE_IMAGE], timeout=30).returncode != 0:
-        pytest.skip(f"base image {BASE_IMAGE} is not present locally (docker pull it, or on an "
-                    "offline machine: export \"$(bash ../shared/ci/docker-offline.sh | tail -n1)\")")
+        missing("neither docker-compose nor `docker compose` is installed")
+    engine()
 
     store = tmp_path_factory.mktemp("model_store")
     store.chmod(0o755)  # the container's model-server user must read it
@@ -218,21 +205,11 @@ def test_model_init_exits_at_once_when_the_archive_exists(stack):
 
 
 def test_predictions_in_all_three_formats(stack):
-    plain = predict(stack, "A wonderful, moving film with brilliant actors.")
-    assert plain.status_code == 200, plain.text
-    assert_prediction(plain.json())
-
-    single = predict(stack, json.dumps({"text": "Boring plot, awful acting."}), "application/json")
-    assert single.status_code == 200, single.text
-    assert_prediction(single.json())
-
+    assert_prediction(post(stack, "A wonderful, moving film with brilliant actors."))
+    assert_prediction(post(stack, json.dumps({"text": "Boring plot, awful acting."}), JSON))
     texts = ["A superb story.", "A dull waste of time.", "I loved the music."]
-    many = predict(stack, json.dumps({"texts": texts}), "application/json")
-    assert many.status_code == 200, many.text
-    answers = many.json()
+    answers = assert_prediction(post(stack, json.dumps({"texts": texts}), JSON))
     assert isinstance(answers, list) and len(answers) == len(texts)
-    for answer in answers:
-        assert_prediction(answer)
 
 
 def test_workers_scale_through_the_loopback_management_port(stack):
@@ -242,7 +219,7 @@ def test_workers_scale_through_the_loopback_management_port(stack):
     assert response.status_code == 200, response.text
     workers = workers_once_settled(stack, 2, timeout=10)
     assert len(workers) == 2 and all(w["status"] == "READY" for w in workers), workers
-    assert predict(stack, "great").status_code == 200
+    assert post(stack, "great").status_code == 200
 
     # asynchronous: TorchServe 0.12 scales down, but a synchronous scale-down may answer 500
     # ("Failed to start workers ...", after "WorkerThread interrupted during waitFor")
@@ -254,7 +231,7 @@ def test_workers_scale_through_the_loopback_management_port(stack):
 
 
 def test_prometheus_metrics_on_the_loopback_metrics_port(stack):
-    assert predict(stack, "A brilliant film.").status_code == 200
+    assert post(stack, "A brilliant film.").status_code == 200
     response = requests.get(f"{stack.metrics}/metrics", timeout=30)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
@@ -285,7 +262,7 @@ def test_container_ports_user_mounts_and_init(stack):
 def test_restart_serves_the_model_again(stack):
     stack.compose("restart", "torchserve", timeout=180)
     stack.wait_healthy(timeout=300)
-    assert_prediction(predict(stack, "The story was moving.").json())
+    assert_prediction(post(stack, "The story was moving."))
 
 
 def test_a_crashed_server_is_restarted(stack):

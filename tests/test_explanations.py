@@ -3,28 +3,15 @@
 answers per text with the prediction plus word attributions, gives a bad request its own 4xx
 without spoiling its batch, and every answer names the archive's version."""
 import json
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from harness.http import JSON, TEXT, post
+from harness.server import manifest_version
+
 pytestmark = pytest.mark.serve
-TEXT = {"Content-Type": "text/plain"}
-JSON = {"Content-Type": "application/json"}
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def post(server, body, headers, route="explanations", timeout=60):
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    return requests.post(f"{server.inference}/{route}/bert_sentiment", data=body,
-                         headers=headers, timeout=timeout)
-
-
-def archive_version(mar) -> str:
-    with zipfile.ZipFile(mar) as packed:
-        return json.loads(packed.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"]
 
 
 def assert_explanation(answer: dict, text: str, version: str):
@@ -48,13 +35,13 @@ def test_plain_text_explanation(torchserve, tiny_archive, tiny_run):
     archive's settings (fp32, OpenVINO for the prediction, fp32 torch for the gradients). What
     the tiny model attributes is not asserted: its training is not bit-reproducible, and which
     word a model that learned sentiment ranks first is checked on MiniLM (test_explain.py)."""
-    from benchmarks.gpu import load_handler
+    from harness.worker import load_handler
     text = "The film was awful."
-    response = post(torchserve, text, TEXT)
+    response = post(torchserve, text, TEXT, route="explanations")
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     answer = response.json()
-    assert_explanation(answer, text, archive_version(tiny_archive))
+    assert_explanation(answer, text, manifest_version(tiny_archive))
     handler = load_handler(tiny_run, "cpu", cpu_precision="fp32", cpu_runtime="openvino")
     (offline,) = handler.predict([text])
     handler.add_attributions([text], [offline])
@@ -67,9 +54,9 @@ def test_plain_text_explanation(torchserve, tiny_archive, tiny_run):
 
 
 def test_json_and_form_explanations(torchserve, tiny_archive):
-    version = archive_version(tiny_archive)
+    version = manifest_version(tiny_archive)
     text = "Wonderful<br />acting, brilliant story."
-    answer = post(torchserve, json.dumps({"text": text}), JSON).json()
+    answer = post(torchserve, json.dumps({"text": text}), JSON, route="explanations").json()
     assert_explanation(answer, text, version)
     assert "br" not in [w["word"] for w in answer["attributions"]]
     response = requests.post(f"{torchserve.inference}/explanations/bert_sentiment",
@@ -80,14 +67,14 @@ def test_json_and_form_explanations(torchserve, tiny_archive):
 
 def test_texts_are_explained_in_order(torchserve, tiny_archive):
     texts = ["great great wonderful", "awful boring terrible", "the movie was superb"]
-    response = post(torchserve, json.dumps({"texts": texts}), JSON)
+    response = post(torchserve, json.dumps({"texts": texts}), JSON, route="explanations")
     assert response.status_code == 200, response.text
     answers = response.json()
     assert isinstance(answers, list) and len(answers) == 3
     for answer, text in zip(answers, texts):
-        assert_explanation(answer, text, archive_version(tiny_archive))
+        assert_explanation(answer, text, manifest_version(tiny_archive))
         assert [w["word"] for w in answer["attributions"]] == text.split()
-    predictions = post(torchserve, json.dumps({"texts": texts}), JSON, "predictions").json()
+    predictions = post(torchserve, json.dumps({"texts": texts}), JSON).json()
     for prediction, answer in zip(predictions, answers):  # the same prediction, explained
         assert set(prediction) == set(answer) - {"attributions"}
         assert prediction["label"] == answer["label"]
@@ -96,7 +83,7 @@ def test_texts_are_explained_in_order(torchserve, tiny_archive):
 
 def test_a_long_review_says_it_was_truncated(torchserve):
     text = "awful " * 10 + "the movie " * 100 + "great " * 10  # the tiny run's 32 tokens
-    answer = post(torchserve, text, TEXT).json()
+    answer = post(torchserve, text, TEXT, route="explanations").json()
     assert answer["truncated"] is True
     words = answer["attributions"]
     assert len(words) == 30 and all(text[w["start"]:w["end"]] == w["word"] for w in words)
@@ -113,8 +100,9 @@ def test_bad_requests_get_their_own_4xx_next_to_good_ones(torchserve):
     cases = [case for pair in zip(good, bad + good[:len(good) - len(bad)]) for case in pair]
     predictions = [(body, headers, code) for body, headers, code in good]
     with ThreadPoolExecutor(max_workers=len(cases) + len(predictions)) as pool:
-        explained = pool.map(lambda case: post(torchserve, case[0], case[1]), cases)
-        predicted = pool.map(lambda case: post(torchserve, case[0], case[1], "predictions"),
+        explained = pool.map(
+            lambda case: post(torchserve, case[0], case[1], route="explanations"), cases)
+        predicted = pool.map(lambda case: post(torchserve, case[0], case[1]),
                              predictions)
         explained, predicted = list(explained), list(predicted)
     assert [r.status_code for r in explained] == [code for _, _, code in cases]
@@ -132,7 +120,7 @@ def test_bad_requests_get_their_own_4xx_next_to_good_ones(torchserve):
 
 
 def test_describe_shows_the_version_every_answer_carries(torchserve, tiny_archive):
-    version = archive_version(tiny_archive)
+    version = manifest_version(tiny_archive)
     assert torchserve.describe()["modelVersion"] == version
-    prediction = post(torchserve, "great movie", TEXT, "predictions").json()
+    prediction = post(torchserve, "great movie", TEXT).json()
     assert prediction["model_version"] == version and prediction["truncated"] is False

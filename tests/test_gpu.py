@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 import torch
 
-from benchmarks.gpu import load_handler
+from harness.http import JSON, TEXT, post
 from harness.server import TorchServe
+from harness.worker import load_handler
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, REPO, SPECIAL, synthetic_reviews
 
 pytestmark = [
@@ -34,8 +34,6 @@ pytestmark = [
 ]
 MiB = 1 << 20
 LOADED = re.compile(r"loaded \S+ on (cuda:\d+), precision (\w+)")
-JSON = {"Content-Type": "application/json"}
-TEXT = {"Content-Type": "text/plain"}
 
 
 def build_archive(run_dir: Path, store: Path, workers: int = 1, **handler_settings) -> Path:
@@ -72,12 +70,6 @@ def served(workdir: Path, store: Path, gpus: int, workers: int = 1, **overrides)
 def loaded_devices(server) -> list[tuple[str, str]]:
     """(device, precision) of every model load the workers logged."""
     return LOADED.findall(server.log("model_log"))
-
-
-def post(server, body, headers=TEXT, timeout=60):
-    if isinstance(body, str):
-        body = body.encode()
-    return requests.post(server.url, data=body, headers=headers, timeout=timeout)
 
 
 def offline_fp32(run_dir: Path, texts: list[str]) -> list[float]:
@@ -212,12 +204,13 @@ def served_predictions(run: Path, texts: list[str], precision: str) -> torch.Ten
 
 
 def test_half_precision_accuracy_on_held_out_reviews(trained_run, tmp_path):
-    from benchmarks.texts import load_split
+    from training.data import load_reviews, take
     from training.evaluate import main as evaluate
     run, data = trained_run
     meta = json.loads((run / "metrics.json").read_text())
-    texts, labels = load_split(str(data), ACCURACY_SAMPLES, meta.get("validation_size", 2000),
-                               meta.get("seed", 42))
+    splits, _ = load_reviews(str(data), meta.get("validation_size", 2000), meta.get("seed", 42))
+    held_out = take(splits["validation"], ACCURACY_SAMPLES, meta.get("seed", 42))
+    texts, labels = list(held_out["text"]), list(held_out["label"])
     if len(texts) < ACCURACY_SAMPLES:
         pytest.skip(f"the run's validation split has {len(texts)} reviews, fewer than "
                     f"{ACCURACY_SAMPLES}")
@@ -312,7 +305,7 @@ def test_out_of_memory_in_process_is_split_and_answered(wide_run, caplog):
 # the GPU and warmed up), as a TorchServe worker process would.
 SETTLED_CHILD = """
 import json, sys, torch
-from benchmarks.gpu import load_handler
+from harness.worker import load_handler
 handler = load_handler(sys.argv[1], "cuda:0", **json.loads(sys.argv[2]))
 print(json.dumps({"reserved": torch.cuda.memory_reserved(0),
                   "total": torch.cuda.get_device_properties(0).total_memory}))

@@ -1,12 +1,12 @@
 """The GPU settings that can be checked without a GPU: training's batch and optimizer defaults,
 `training.evaluate --precision fp16`, and the compose GPU override training the full preset."""
-import shutil
 import subprocess
 
 import pytest
 import torch
 import yaml
 
+from harness.tools import tool
 from tests.conftest import REPO
 
 
@@ -51,10 +51,10 @@ def test_compose_gpu_override_trains_the_full_preset():
         "${MODEL_INIT_PRESET:-quick}"
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="no docker-compose binary")
 def test_compose_merges_the_gpu_override(monkeypatch):
+    compose = tool("docker-compose", "Debian package docker-compose")
     monkeypatch.delenv("MODEL_INIT_PRESET", raising=False)
-    merged = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f",
+    merged = subprocess.run([compose, "-f", "docker-compose.yml", "-f",
                              "docker/docker-compose.gpu.yml", "config"], cwd=REPO,
                             capture_output=True, text=True, timeout=60, check=True).stdout
     service = yaml.safe_load(merged)["services"]["model-init"]

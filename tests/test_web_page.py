@@ -21,12 +21,12 @@ import pytest
 import requests
 
 from harness.server import free_port
+from harness.tools import module, tool
 
 pytestmark = pytest.mark.serve
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "docker" / "web" / "nginx.conf"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NEGATIVE_REVIEW = "The movie was awful and boring, a terrible waste of a good story."
 JSON = {"Content-Type": "application/json"}
 
@@ -52,7 +52,7 @@ class Nginx:
         self.log = workdir / "nginx.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [shutil.which("nginx"), "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"),
+                [tool("nginx", "Debian package nginx; make tools"), "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"),
                  "-e", "stderr", "-g", directives],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
@@ -72,8 +72,7 @@ class Nginx:
 
 @pytest.fixture(scope="module")
 def web(torchserve, tmp_path_factory):
-    if not shutil.which("nginx"):
-        pytest.skip("nginx is not installed (make tools)")
+    tool("nginx", "Debian package nginx; make tools")
     server = Nginx(tmp_path_factory.mktemp("nginx"), torchserve.inference.split("//", 1)[1])
     yield server
     server.stop()
@@ -81,16 +80,16 @@ def web(torchserve, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromium-driver are not installed (make tools)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = tool("chromium", "Debian package chromium; make tools")
+    chromedriver = tool("chromedriver", "Debian package chromium-driver; make tools")
+    webdriver = module("selenium.webdriver", "selenium, in the test extras")
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1000,900", "--no-first-run", "--disable-extensions"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     yield driver
     driver.quit()
 
