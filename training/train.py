@@ -33,21 +33,21 @@ SHORT_REVIEWS = REPO / "data" / "short_reviews.jsonl"
 CALIBRATION_EXCERPTS = ["last", "window"]
 
 # augment: excerpts of each training review (training/augment.py), cycling through last, first and
-# window. Chosen by measurement on one H100 (README, "Results"; 2,000 validation reviews and the 240
+# window. Chosen by measurement on one H100 (docs/EXPERIMENTS.md; 2,000 validation reviews and the 240
 # hand-written short ones): at the quick scale, batch 16, none -> x3 took validation 0.870 -> 0.897
 # and short reviews 0.742 -> 0.783; at the full scale x6 beat x3 and one excerpt (0.929 / 0.871
 # against 0.927 / 0.850 and 0.914 / 0.821), and max length 512 did not pay (0.925 / 0.842).
 PRESETS = {
     # what `make up` trains on first start: 2,000 reviews and ~15,500 excerpts cut from 8,000
-    # reviews (two of each), one epoch. Measured on 2 AMD EPYC cores (bf16) against 3,000 reviews
-    # + 3 excerpts of each at about the same training time: validation 0.903 / short reviews
-    # 0.825 against 0.899 / 0.783, and at seed 7 0.9065 / 0.792 against 0.898 / 0.796 (README,
-    # "Tried on this CPU")
+    # reviews (two of each), one epoch. Measured on 2 vCPUs of an AMD EPYC with AVX512-BF16 (bf16)
+    # against 3,000 reviews + 3 excerpts of each at about the same training time: validation
+    # 0.903 / short reviews 0.825 against 0.899 / 0.783, and at seed 7 0.9065 / 0.792 against
+    # 0.898 / 0.796 (docs/EXPERIMENTS.md)
     "quick": dict(max_train_samples=2000, max_eval_samples=2000, max_length=256, epochs=1,
                   learning_rate=5e-5, augment="last,first,window", excerpts_per_review=8.0,
                   excerpt_reviews=8000, short_samples=20000, short_min_words=3),
     # the whole train split (minus validation and calibration); 3 minutes on one H100, 79
-    # minutes on 2 CPU cores
+    # minutes on 2 vCPUs of an Intel Xeon with AVX512-VNNI (fp32)
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
                  learning_rate=5e-5, augment="last,first,window", excerpts_per_review=6.0,
                  excerpt_reviews=None, short_samples=None, short_min_words=3),
