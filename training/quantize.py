@@ -10,8 +10,9 @@ metrics.json: accuracy and agreement with the fp32 model on the validation carve
 kept only if it agrees with fp32 on at least --min-agreement of those reviews and loses at
 most --max-accuracy-drop of accuracy (the runtime's bar: 99.5 %, 0.1 point); the handler
 serves it with cpu_precision int8, or auto on a CPU without native bf16
-(handler/openvino_runtime.py). Measured on the quick run (docs/PERFORMANCE.md): 2.2x the
-in-process throughput of OpenVINO f32 at the same accuracy.
+(handler/openvino_runtime.py). Measured on a quick run on 2 vCPUs of an Intel Xeon with
+AVX512-VNNI (docs/EXPERIMENTS.md): 2.2x the in-process throughput of OpenVINO f32 at the same
+accuracy.
 """
 import argparse
 import json
