@@ -55,7 +55,8 @@ def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batc
     Lengths are padded to a multiple of `pad_to_multiple_of`: every new (batch, length) shape
     makes oneDNN build and cache new kernels, and with exact lengths a worker's memory kept
     growing for minutes under real traffic (1.2 GB after 10 minutes); with multiples of 32 it
-    stays flat at no measurable speed cost (docs/PERFORMANCE.md).
+    stays flat at no measurable speed cost (2 vCPUs of an AMD EPYC with AVX512-BF16,
+    docs/EXPERIMENTS.md).
     """
     lengths = [len(ids) for ids in encoded["input_ids"]]
     order, parts = [], []

@@ -5,7 +5,8 @@ order and temperature are shared.
 
 Precision: bf16 only where the CPU computes it natively (OpenVINO lists "BF16" in
 OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX): a bf16 hint on a CPU without it runs an
-emulation ~30x slower than f32 (measured, docs/PERFORMANCE.md). int8 is a second model,
+emulation ~30x slower than f32 (measured on the Intel Xeon with AVX512-VNNI and no AVX512-BF16
+when this runtime was written; the run itself was not kept in docs/). int8 is a second model,
 quantized after training from held-out reviews (training/quantize.py: openvino_model_int8.xml),
 served where asked for or, with `auto`, on a CPU without native bf16; elsewhere f32.
 
