@@ -84,4 +84,4 @@ def halving_on_out_of_memory(attempt, size: int, smallest: int, device, what: st
         if device.type == "cuda":
             torch.cuda.empty_cache()
         size = max(smallest, size // 2)
-        logger.warning("out of memory %s: retrying at %d", what, size)
+        logger.warning("out of memory: retrying with %d %s", size, what)

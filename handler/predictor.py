@@ -51,7 +51,8 @@ class Predictor:
             return score(self.runtime, encoded, self.tokenizer.pad_token_id, token_budget,
                          micro_batch, self.settings.pad_to_multiple_of, self.temperature)
 
-        return halving_on_out_of_memory(attempt, most, 1, self.device, "predicting"), encoded
+        return halving_on_out_of_memory(attempt, most, 1, self.device,
+                                        "texts per micro-batch at most"), encoded
 
     def predict(self, texts: list[str]) -> tuple[list[dict], int]:
         """(an answer per text, the tokens encoded)."""
@@ -85,7 +86,7 @@ class Predictor:
         scores = halving_on_out_of_memory(
             lambda budget: self.explainer.token_attributions(encoded, targets, budget),
             self.settings.explain_token_budget, self.encoding.max_length, self.device,
-            "explaining")
+            "tokens per explanation pass")
         for i, result in enumerate(results):
             result["attributions"] = word_attributions(texts[i], encoded["offsets"][i],
                                                        encoded["word_ids"][i], scores[i])

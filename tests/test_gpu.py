@@ -77,12 +77,13 @@ def offline_fp32(run_dir: Path, texts: list[str]) -> list[float]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
+    from handler.calibration import Calibration
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run_dir).eval())
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     probabilities = score_texts(model, tokenizer, texts, EncodingSettings.load(run_dir),
-                                temperature=load_temperature(run_dir))
+                                temperature=Calibration.load(run_dir).temperature)
     return probabilities[:, 1].tolist()
 
 
@@ -196,7 +197,7 @@ def served_predictions(run: Path, texts: list[str], precision: str) -> torch.Ten
     """Labels from the handler itself on GPU 0 at `precision` (weights cast as it serves)."""
     handler = load_handler(run, "cuda:0", gpu_precision=precision)
     try:
-        return torch.cat([handler.probabilities(texts[i:i + 256])[0].argmax(-1)
+        return torch.cat([handler.predictor.probabilities(texts[i:i + 256])[0].argmax(-1)
                           for i in range(0, len(texts), 256)])
     finally:
         del handler
@@ -275,11 +276,11 @@ def test_out_of_memory_in_process_is_split_and_answered(wide_run, caplog):
     device = torch.device("cuda:0")
     handler = load_handler(wide_run, device, **BIG_SETTINGS)
     texts = long_texts(BIG_BATCH)
-    expected = handler.probabilities(texts)[0]  # uncapped: one forward pass
+    expected = handler.predictor.probabilities(texts)[0]  # uncapped: one forward pass
     torch.cuda.empty_cache()
     settled = torch.cuda.memory_reserved(device)
     torch.cuda.reset_peak_memory_stats(device)
-    handler.probabilities(texts)
+    handler.predictor.probabilities(texts)
     needed = torch.cuda.max_memory_reserved(device) - settled
     if needed < 2 * HEADROOM:
         pytest.skip(f"256 x 512 tokens need only {needed / MiB:.0f} MiB here: no room to cap")
@@ -287,8 +288,8 @@ def test_out_of_memory_in_process_is_split_and_answered(wide_run, caplog):
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction((settled + HEADROOM) / total, device)
     try:
-        with caplog.at_level("WARNING", logger="handler.sentiment_handler"):
-            answered = handler.probabilities(texts)[0]
+        with caplog.at_level("WARNING", logger="handler.inference"):
+            answered = handler.predictor.probabilities(texts)[0]
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         del handler
