@@ -109,14 +109,16 @@ def completeness(run_dir: Path, texts: list[str], precisions, n_steps: int,
     """Relative completeness error of each text, summarised per precision; `max_length` may
     shorten the texts (the cost is n_steps forward and backward passes per text)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from handler.encoding import EncodingSettings, encode_reviews
     from handler.explain import Explainer
+    from handler.runtime import load_runtime
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
-    encoded = encode_reviews(tokenizer, texts, EncodingSettings.load(run_dir).capped(max_length))
-    report = {"max_length": max_length or EncodingSettings.load(run_dir).max_length}
+    model = load_runtime(run_dir, "cpu", "fp32").model  # fp32 weights: autocast is per pass
+    encoding = EncodingSettings.serving(run_dir, max_length)
+    encoded = encode_reviews(tokenizer, texts, encoding)
+    report = {"max_length": encoding.max_length}
     for precision in precisions:
         dtype = torch.bfloat16 if precision == "bf16" else None
         explainer = Explainer(model, tokenizer.pad_token_id, n_steps, autocast_dtype=dtype)
