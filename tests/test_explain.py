@@ -78,6 +78,18 @@ def completeness(model, tokenizer, texts, settings, n_steps=20, autocast_dtype=N
     return results
 
 
+def plain_difference(model, tokenizer, text: str, settings) -> float:
+    """logit(text) - logit(baseline) of the text's predicted class from two plain forward
+    passes, the baseline written out here as handler/explain.py defines it: every token [PAD]
+    but the first and the last ([CLS], [SEP])."""
+    ids = encode_reviews(tokenizer, [text], settings)["input_ids"][0]
+    baseline = [ids[0]] + [tokenizer.pad_token_id] * (len(ids) - 2) + [ids[-1]]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids, baseline])).logits
+    target = int(logits[0].argmax())
+    return (logits[0, target] - logits[1, target]).item()
+
+
 def validation_like(count: int) -> list[str]:
     """Reviews like the tiny run's validation carve (same generator, unseen seed), some with
     IMDB's <br /> line breaks."""
@@ -109,7 +121,9 @@ def test_completeness_on_the_tiny_trained_model(tiny_model):
     model, tokenizer, settings = tiny_model  # fine-tuned on reviews whose cue words decide
     texts = validation_like(120)
     results = completeness(model, tokenizer, texts, settings, n_steps=100)
-    assert len(results) >= 100
+    # what the attributions must add up to is the model's own difference, not the explainer's
+    assert [difference for difference, _ in results] == pytest.approx(
+        [plain_difference(model, tokenizer, text, settings) for text in texts], abs=1e-4)
     assert sum(abs(difference) >= CLEAR for difference, _ in results) >= 30
     missed = [text for text, (_, error) in zip(texts, results) if error > TOLERANCE]
     if missed:
