@@ -45,15 +45,19 @@ def worker_pid(server) -> int | None:
 
 
 def time_kill(server, timeout: float = 120) -> dict:
-    """kill -9 the READY worker: seconds until another READY worker, and until a 200."""
+    """kill -9 the READY worker: seconds until another READY worker, and until a 200, and the
+    CPU seconds the new worker spent to get READY (its start's work, whatever else runs)."""
+    import psutil
     import requests
     pid = worker_pid(server)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    ready = answered = None
+    ready = answered = cpu = None
     while time.monotonic() - killed < timeout and answered is None:
         if ready is None and worker_pid(server) not in (None, pid):
             ready = time.monotonic() - killed
+            times = psutil.Process(worker_pid(server)).cpu_times()
+            cpu = times.user + times.system
         if ready is not None:
             response = requests.post(server.url, data="Great.", timeout=30,
                                      headers={"Content-Type": "text/plain"})
@@ -61,7 +65,8 @@ def time_kill(server, timeout: float = 120) -> dict:
                 answered = time.monotonic() - killed
         time.sleep(0.1)
     return {"ready_s": round(ready, 2) if ready else None,
-            "first_200_s": round(answered, 2) if answered else None}
+            "first_200_s": round(answered, 2) if answered else None,
+            "worker_cpu_s": round(cpu, 2) if cpu else None}
 
 
 def machine() -> str:
@@ -115,8 +120,11 @@ def main(argv=None) -> dict:
             starts = [line for line in server.log("model_log").splitlines()
                       if "ready in" in line]
     readies = [k["ready_s"] for k in kills if k["ready_s"] is not None]
+    cpus = [k["worker_cpu_s"] for k in kills if k["worker_cpu_s"] is not None]
     result = {"archive": str(args.mar or args.run), "machine": machine(), "kills": kills,
               "median_ready_s": round(statistics.median(readies), 2) if readies else None,
+              "median_worker_cpu_s": round(statistics.median(cpus), 2) if cpus else None,
+              "load_average": os.getloadavg(),
               "load_answers": len(answered),
               "load_failures": sum(status != 200 for _, status in answered),
               "worker_start_log": [line.split("]", 1)[-1].strip()[-160:] for line in starts]}

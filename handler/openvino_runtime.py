@@ -125,7 +125,7 @@ class OpenVINOModel:
         elif (Path(model_dir) / "tokenizer.json").is_file() or tokenizer is not None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
             source = convert(model, tokenizer)
             del model  # only the converted weights stay in memory
             logger.info("no %s in the archive: converted the HF model in %.1f s", IR_FILE,

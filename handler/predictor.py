@@ -10,13 +10,13 @@ import os
 import time
 
 import torch
-from transformers import AutoTokenizer
 
 from handler.calibration import Calibration
 from handler.encoding import EncodingSettings, encode_reviews
 from handler.inference import halving_on_out_of_memory, score
 from handler.runtime import fp32_torch_model, load_runtime
 from handler.settings import HandlerSettings
+from handler.tokenizer import RunTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Predictor:
                  model_version: str = ""):
         self.model_dir, self.device = str(model_dir), torch.device(device)
         self.settings, self.model_version = settings, model_version
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)  # local files, never a hub
+        self.tokenizer = RunTokenizer(model_dir)  # the run's tokenizer.json, no transformers
         self.encoding = EncodingSettings.serving(model_dir, settings.max_length)
         self.temperature = Calibration.load(model_dir).temperature
         on_cpu = self.device.type == "cpu"

@@ -11,6 +11,10 @@ the model's `config` (labels, positions) and `precision`, what it computes in, i
 - openvino (CPU only, handler/openvino_runtime.py): f32, bf16 where the CPU has it natively,
   or the run's int8 model quantized after training.
 """
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import torch
 
 BACKENDS = ("torch", "openvino")
@@ -73,24 +77,31 @@ def torch_precision(requested: str, device: torch.device) -> str:
     return auto_cpu_precision()
 
 
+def labels_and_positions(model_dir) -> SimpleNamespace:
+    """What scoring needs of config.json (id2label, num_labels, max_position_embeddings), read
+    without transformers: an OpenVINO worker then never imports it (a faster start)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = {int(i): label for i, label in config["id2label"].items()}
+    return SimpleNamespace(id2label=id2label, num_labels=len(id2label),
+                           max_position_embeddings=config.get("max_position_embeddings"))
+
+
 def load_runtime(model_dir, device="cpu", precision: str = "auto", backend: str = "torch",
                  threads: int | None = None, cache_dir=None):
     """The model in `model_dir` ready to score: `backend` torch or openvino (CPU only),
     `precision` as model-config.yaml's cpu_precision / gpu_precision, `threads` for OpenVINO
     (torch uses torch.get_num_threads()), `cache_dir` for OpenVINO's compiled model."""
-    from transformers import AutoConfig
     device = torch.device(device)
     if backend not in BACKENDS:
         raise ValueError(f"cpu_runtime {backend!r}: choose {' or '.join(BACKENDS)}")
-    config = AutoConfig.from_pretrained(model_dir)
     if backend == "openvino":
         if device.type != "cpu":
             raise ValueError("the openvino runtime runs on the CPU; GPUs run torch")
         from handler.openvino_runtime import OpenVINOModel
-        return OpenVINOModel.load(model_dir, config, threads or torch.get_num_threads(),
-                                  precision, cache_dir)
+        return OpenVINOModel.load(model_dir, labels_and_positions(model_dir),
+                                  threads or torch.get_num_threads(), precision, cache_dir)
     from transformers import AutoModelForSequenceClassification
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     return TorchRuntime(model.eval().to(device), torch_precision(precision, device))
 
 

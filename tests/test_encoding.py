@@ -88,3 +88,41 @@ def test_micro_batches_pad_to_a_multiple_within_the_position_limit():
     assert padded["attention_mask"].sum().item() == 38
     assert pad_batch(encoded, [1], 0, torch.device("cpu"), multiple=32, limit=48)["input_ids"].shape == (1, 48)
     assert pad_batch(encoded, [1], 0, torch.device("cpu"))["input_ids"].shape == (1, 40)
+
+
+PARITY_TEXTS = [
+    "A wonderful, moving film.", "", "   ", "Dull.<br /><br />Really dull!", "Ça m'a plu : très bien",
+    "great " * 400, "The acting wasn't bad at all -- I'd watch it again (twice!).", "emoji 🎬 ok",
+]
+
+
+def distilbert_dir(tmp_path):
+    """A DistilBERT (no token type embeddings) with its own fast tokenizer, saved as a run is."""
+    from transformers import DistilBertConfig, DistilBertTokenizerFast
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "great", "film",
+                                *"abcdefghijklmnopqrstuvwxyz"]))
+    DistilBertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path)
+    DistilBertConfig(vocab_size=40).save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm", "distilbert"])
+def test_the_run_tokenizer_encodes_as_transformers_does(which, tiny_run, tmp_path):
+    """The worker's RunTokenizer (tokenizers alone, handler/tokenizer.py) gives encode_reviews
+    exactly the ids, offsets, word ids and inputs of the transformers tokenizer training used,
+    for our runs (tiny BERT, the embedded MiniLM) and a DistilBERT (no token_type_ids)."""
+    from training.train import default_base_model
+
+    from handler.tokenizer import RunTokenizer
+    directory = {"tiny": lambda: tiny_run, "minilm": default_base_model,
+                 "distilbert": lambda: distilbert_dir(tmp_path)}[which]()
+    settings = EncodingSettings(max_length=64)
+    expected = encode_reviews(AutoTokenizer.from_pretrained(directory), PARITY_TEXTS, settings,
+                              return_offsets=True)
+    run_tokenizer = RunTokenizer(directory)
+    got = encode_reviews(run_tokenizer, PARITY_TEXTS, settings, return_offsets=True)
+    assert got == expected
+    assert ("token_type_ids" in got) == (which != "distilbert")
+    assert run_tokenizer.pad_token_id == AutoTokenizer.from_pretrained(directory).pad_token_id
+    assert any(got["truncated"]) and not all(got["truncated"])
