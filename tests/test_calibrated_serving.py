@@ -21,7 +21,8 @@ def calibrated(tiny_run, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
+    from handler.calibration import Calibration
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
     run = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
@@ -30,11 +31,12 @@ def calibrated(tiny_run, tmp_path_factory):
     # every review the same confidence to 1e-4) still answers these with confidences apart
     mixed = [" ".join(POSITIVE[:k] + NEGATIVE[k:]) for k in range(len(POSITIVE) + 1)]
     texts = long_reviews(12, seed=11) + ["great wonderful", "awful boring", "the movie plot"] + mixed
-    model = AutoModelForSequenceClassification.from_pretrained(run).eval()
+    model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run).eval())
     tokenizer = AutoTokenizer.from_pretrained(run)
     encoding = EncodingSettings.load(run)
-    assert load_temperature(run) == TEMPERATURE
-    offline = score_texts(model, tokenizer, texts, encoding, temperature=load_temperature(run))
+    temperature = Calibration.load(run).temperature
+    assert temperature == TEMPERATURE
+    offline = score_texts(model, tokenizer, texts, encoding, temperature=temperature)
     uncalibrated = score_texts(model, tokenizer, texts, encoding)
     assert (offline - uncalibrated).abs().max() > 1e-3  # the temperature changes the answer
     # min_confidence in the widest gap between two confidences, with at least two texts on

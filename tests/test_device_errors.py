@@ -13,8 +13,8 @@ import torch
 from ts.context import RequestProcessor
 
 from harness.worker import load_handler
-from handler.sentiment_handler import (EXIT_CODE_DEVICE_FAILED, is_fatal_device_error,
-                                       is_out_of_memory)
+from handler.runtime import is_fatal_device_error
+from handler.sentiment_handler import EXIT_CODE_DEVICE_FAILED
 from tests.conftest import REPO, synthetic_reviews
 
 FATAL_MESSAGES = [
@@ -35,14 +35,12 @@ ORDINARY_ERRORS = [
 def test_out_of_memory_splits_and_is_not_fatal():
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
                                    "a total capacity of 79.10 GiB")
-    assert is_out_of_memory(error)
     assert not is_fatal_device_error(error)
 
 
 @pytest.mark.parametrize("message", FATAL_MESSAGES)
 def test_cuda_errors_are_fatal(message):
     assert is_fatal_device_error(RuntimeError(message))
-    assert not is_out_of_memory(RuntimeError(message))
 
 
 @pytest.mark.skipif(not hasattr(torch, "AcceleratorError"),
@@ -51,13 +49,11 @@ def test_cuda_errors_are_fatal(message):
 def test_accelerator_errors_are_fatal_whatever_their_message(message):
     error = torch.AcceleratorError(message)
     assert is_fatal_device_error(error)
-    assert not is_out_of_memory(error)
 
 
 @pytest.mark.parametrize("error", ORDINARY_ERRORS, ids=lambda e: type(e).__name__)
 def test_ordinary_errors_are_neither(error):
     assert not is_fatal_device_error(error)
-    assert not is_out_of_memory(error)
 
 
 class OutOfMemoryAbove(torch.nn.Module):
@@ -102,11 +98,12 @@ def answer_batch(handler, bodies: list[tuple[str, bytes]]):
 
 def test_out_of_memory_halves_micro_batches_and_answers_equal_unsplit(handler, caplog):
     texts = reviews(40, seed=11)
-    expected = handler.predict(texts)
-    handler.model = OutOfMemoryAbove(handler.model, rows=5)
-    with caplog.at_level(logging.WARNING, logger="handler.sentiment_handler"):
-        answers = handler.predict(texts)
-    rows = handler.model.batch_rows
+    runtime = handler.predictor.runtime
+    expected, _ = handler.predictor.predict(texts)
+    runtime.model = OutOfMemoryAbove(runtime.model, rows=5)
+    with caplog.at_level(logging.WARNING, logger="handler.inference"):
+        answers, _ = handler.predictor.predict(texts)
+    rows = runtime.model.batch_rows
     assert rows[:5] == [40, 32, 16, 8, 4], rows  # all at once, then 64 -> 32 -> 16 -> 8 -> 4
     assert max(rows[4:]) <= 5 and sum(rows[4:]) == len(texts)
     assert [a["label"] for a in answers] == [e["label"] for e in expected]
@@ -122,7 +119,8 @@ def test_out_of_memory_in_a_batch_of_requests_keeps_every_answer(handler):
               ("text/plain", "   "), ("application/json", {"text": "Dull and boring."})]
     expected_statuses, expected, _ = answer_batch(handler, bodies)
     assert expected_statuses == [200, 200, 400, 200]
-    handler.model = OutOfMemoryAbove(handler.model, rows=3)
+    runtime = handler.predictor.runtime
+    runtime.model = OutOfMemoryAbove(runtime.model, rows=3)
     statuses, answers, _ = answer_batch(handler, bodies)
     assert statuses == expected_statuses
     assert answers[2]["code"] == 400
@@ -133,12 +131,13 @@ def test_out_of_memory_in_a_batch_of_requests_keeps_every_answer(handler):
 
 
 def test_out_of_memory_even_for_one_text_fails_only_that_call(handler):
-    handler.model = OutOfMemoryAbove(handler.model, rows=0)
+    runtime = handler.predictor.runtime
+    runtime.model = OutOfMemoryAbove(runtime.model, rows=0)
     statuses, answers, _ = answer_batch(handler, [("text/plain", "Great film."),
                                                   ("text/plain", "")])
     assert statuses == [500, 400]
     assert answers[0] == {"error": "inference failed", "code": 500}
-    handler.model = handler.model.model  # memory again: the same worker answers
+    runtime.model = runtime.model.model  # memory again: the same worker answers
     assert answer_batch(handler, [("text/plain", "Great film.")])[0] == [200]
 
 
@@ -154,7 +153,7 @@ class Broken(torch.nn.Module):
         self.model, self.config = model, model.config
     def forward(self, **inputs):
         raise RuntimeError("CUDA error: device-side assert triggered")
-handler.model = Broken(handler.model)
+handler.predictor.runtime.model = Broken(handler.predictor.runtime.model)
 context = handler.context
 context.request_ids = {0: "a", 1: "b"}
 context.request_processor = [RequestProcessor({"Content-Type": "text/plain"}) for _ in range(2)]

@@ -35,16 +35,18 @@ def test_plain_text_explanation(torchserve, tiny_archive, tiny_run):
     archive's settings (fp32, OpenVINO for the prediction, fp32 torch for the gradients). What
     the tiny model attributes is not asserted: its training is not bit-reproducible, and which
     word a model that learned sentiment ranks first is checked on MiniLM (test_explain.py)."""
-    from harness.worker import load_handler
+    from handler.predictor import Predictor
+    from handler.settings import HandlerSettings
     text = "The film was awful."
     response = post(torchserve, text, TEXT, route="explanations")
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     answer = response.json()
     assert_explanation(answer, text, manifest_version(tiny_archive))
-    handler = load_handler(tiny_run, "cpu", cpu_precision="fp32", cpu_runtime="openvino")
-    (offline,) = handler.predict([text])
-    handler.add_attributions([text], [offline])
+    predictor = Predictor(tiny_run, "cpu", HandlerSettings(cpu_precision="fp32",
+                                                           cpu_runtime="openvino"))
+    (offline,), _ = predictor.predict([text])
+    predictor.explain([text], [offline])
     assert answer["label"] == offline["label"]
     assert answer["probabilities"] == pytest.approx(offline["probabilities"], abs=1e-4)
     spans = [(w["word"], w["start"], w["end"]) for w in answer["attributions"]]

@@ -8,8 +8,11 @@ import sys
 import pytest
 import torch
 
+from handler.settings import HandlerSettings
 from harness.tools import module
 from tests.conftest import REPO, predict_once, synthetic_reviews
+
+SERVING = HandlerSettings()  # the handler's own micro-batching and padding
 
 ov = module("openvino", "a dependency in pyproject.toml")
 
@@ -33,11 +36,17 @@ def ir_dir(tiny_model, tmp_path_factory):
     return directory
 
 
-def probabilities(model, tokenizer, encoding, texts, **kwargs):
+def probabilities(runtime, tokenizer, encoding, texts, token_budget=SERVING.token_budget,
+                  max_batch=SERVING.micro_batch_size, temperature=1.0):
+    """handler.inference.score over a runtime, or over a torch model as TorchRuntime fp32."""
     from handler.encoding import encode_reviews
-    from handler.inference import predict_probabilities
+    from handler.inference import score
+    from handler.runtime import TorchRuntime
+    if isinstance(runtime, torch.nn.Module):
+        runtime = TorchRuntime(runtime)
     encoded = encode_reviews(tokenizer, texts, encoding)
-    return predict_probabilities(model, encoded, tokenizer.pad_token_id, **kwargs)
+    return score(runtime, encoded, tokenizer.pad_token_id, token_budget, max_batch,
+                 SERVING.pad_to_multiple_of, temperature)
 
 
 def load(directory, config, precision="fp32", cache_dir=None, tokenizer=None):
@@ -118,18 +127,19 @@ def test_compiled_model_cache_is_written_then_reused(tiny_model, ir_dir, tmp_pat
 def test_handler_runtime_setting(tiny_run, tiny_model):
     """cpu_runtime openvino in the handler: same answers as cpu_runtime torch (fp32), an
     unknown runtime is refused."""
-    from harness.worker import load_handler
+    from handler.predictor import Predictor
     texts = mixed_lengths(16)
-    torch_handler = load_handler(tiny_run, "cpu", cpu_precision="fp32")
-    ov_handler = load_handler(tiny_run, "cpu", cpu_precision="fp32", cpu_runtime="openvino")
-    assert ov_handler.runtime == "openvino" and ov_handler.model.precision == "f32"
-    assert ov_handler.explain_model is None  # torch weights only when explaining
-    expected, got = torch_handler.predict(texts), ov_handler.predict(texts)
+    torch_side = Predictor(tiny_run, "cpu", HandlerSettings(cpu_precision="fp32"))
+    ov_side = Predictor(tiny_run, "cpu", HandlerSettings(cpu_precision="fp32",
+                                                         cpu_runtime="openvino"))
+    assert ov_side.runtime.precision == "f32" and not hasattr(ov_side.runtime, "model")
+    assert ov_side.explainer is None  # torch weights only when explaining
+    (expected, _), (got, _) = torch_side.predict(texts), ov_side.predict(texts)
     assert [r["label"] for r in got] == [r["label"] for r in expected]
     for mine, theirs in zip(got, expected):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
     with pytest.raises(ValueError, match="cpu_runtime"):
-        load_handler(tiny_run, "cpu", cpu_runtime="tensorflow")
+        Predictor(tiny_run, "cpu", HandlerSettings(cpu_runtime="tensorflow"))
 
 
 @pytest.mark.serve
@@ -140,7 +150,6 @@ def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
 
     import yaml
 
-    from harness.worker import load_handler
     from training.archive import main as archive
     settings = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
     settings["handler"].update(cpu_runtime="openvino", cpu_precision="fp32")
@@ -150,8 +159,9 @@ def test_served_openvino_archive_answers_like_torch(tiny_run, tmp_path):
                    str(config)])
     assert "openvino_model.xml" in zipfile.ZipFile(mar).namelist()
     texts = mixed_lengths(24)
-    expected = load_handler(tiny_run, "cpu", cpu_runtime="torch",
-                            cpu_precision="fp32").predict(texts)
+    from handler.predictor import Predictor
+    expected, _ = Predictor(tiny_run, "cpu", HandlerSettings(cpu_runtime="torch",
+                                                             cpu_precision="fp32")).predict(texts)
     got, log = predict_once(mar, texts, tmp_path / "ts")
     assert [r["label"] for r in got] == [r["label"] for r in expected]
     for mine, theirs in zip(got, expected):

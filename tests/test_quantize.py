@@ -101,6 +101,7 @@ def test_a_model_that_does_not_agree_is_not_kept_and_a_stale_one_goes(int8_run, 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
     from training.quantize import quantize_run
     run = tmp_path / "run"
@@ -108,7 +109,7 @@ def test_a_model_that_does_not_agree_is_not_kept_and_a_stale_one_goes(int8_run, 
     model = AutoModelForSequenceClassification.from_pretrained(run).eval()
     tokenizer, encoding = AutoTokenizer.from_pretrained(run), EncodingSettings.load(run)
     check = synthetic_reviews(16, seed=4)
-    fp32 = score_texts(model, tokenizer, check["text"].tolist(), encoding)
+    fp32 = score_texts(TorchRuntime(model), tokenizer, check["text"].tolist(), encoding)
     flipped = fp32.flip(-1)  # a reference whose every label the int8 model contradicts
     report = quantize_run(run, model, tokenizer, encoding, texts(16), check["text"].tolist(),
                           check["label"].tolist(), flipped, min_agreement=0.99)
@@ -130,11 +131,12 @@ def test_runtime_serves_int8_close_to_fp32(int8_run):
 
     from handler.encoding import EncodingSettings
     from handler.openvino_runtime import OpenVINOModel
+    from handler.runtime import TorchRuntime
     from training.evaluate import score_texts
     config = AutoConfig.from_pretrained(int8_run)
     tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
-    reference = score_texts(AutoModelForSequenceClassification.from_pretrained(int8_run).eval(),
-                            tokenizer, texts(), encoding)
+    fp32 = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(int8_run).eval())
+    reference = score_texts(fp32, tokenizer, texts(), encoding)
     int8 = OpenVINOModel.load(int8_run, config, threads=1, precision="int8")
     assert int8.precision == "int8"
     # with native bf16 `auto` serves the f32 model in bf16: the run has no f32 IR, so it converts
@@ -191,16 +193,17 @@ def test_stock_config_serves_int8_through_torchserve(int8_run, tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.inference import load_temperature
+    from handler.calibration import Calibration
     from handler.openvino_runtime import OpenVINOModel
+    from handler.runtime import TorchRuntime
     from training.archive import main as archive
     from training.evaluate import score_texts
     mar = archive([str(int8_run), "--model-store", str(tmp_path / "store")])
     batch = texts(24, seed=2)
     tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
-    temperature = load_temperature(int8_run)
-    fp32 = score_texts(AutoModelForSequenceClassification.from_pretrained(int8_run).eval(),
-                       tokenizer, batch, encoding, temperature=temperature)
+    temperature = Calibration.load(int8_run).temperature
+    fp32 = score_texts(TorchRuntime(AutoModelForSequenceClassification.from_pretrained(
+        int8_run).eval()), tokenizer, batch, encoding, temperature=temperature)
     auto = OpenVINOModel.load(int8_run, AutoConfig.from_pretrained(int8_run), threads=1,
                               precision="auto", tokenizer=tokenizer)
     offline = score_texts(auto, tokenizer, batch, encoding, temperature=temperature)
