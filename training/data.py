@@ -154,13 +154,14 @@ def word_count(text: str) -> int:
 
 def split_short(train, count: int | None, calibration: int, min_words: int, seed: int):
     """(training rows, calibration rows) from the short corpus' train split: the phrases of at
-    least `min_words` words, shuffled with `seed`; the first `calibration` of them are held out
-    for fitting the temperature, the next `count` (None: all the rest) are trained on."""
+    least `min_words` words, shuffled with `seed`; the first `calibration` of them (at most a
+    quarter) are held out for fitting the temperature, the next `count` (None: all the rest)
+    are trained on."""
     kept = train.filter(lambda row: word_count(row["text"]) >= min_words,
                         desc=f"phrases of >= {min_words} words")
-    if calibration >= len(kept):
-        raise DataError(f"{calibration} short calibration texts asked for, but only {len(kept)} "
-                        f"phrases have >= {min_words} words")
+    if len(kept) < 2:
+        raise DataError(f"only {len(kept)} short texts have >= {min_words} words")
+    calibration = min(calibration, len(kept) // 4)
     kept = kept.shuffle(seed=seed)
     held_out = kept.select(range(calibration))
     end = len(kept) if count is None else min(len(kept), calibration + count)
