@@ -33,9 +33,24 @@ lock:  ## refresh requirements.lock (runtime: the image) and requirements-dev.lo
 	$(PIP_COMPILE) --upgrade -o requirements.lock pyproject.toml
 	$(PIP_COMPILE) --extra test --extra bench --constraint requirements.lock -o requirements-dev.lock pyproject.toml
 
-up:  ## build and start the service with docker-compose (first run trains the quick model)
-	docker-compose up -d --build
-	@echo "try: curl -X POST 127.0.0.1:8080/predictions/bert_sentiment -H 'Content-Type: text/plain' -d 'great movie'"
+# model-init first, its progress shown (its last "model-init:" line, or the training's steps and
+# ETA) until it exits; then the rest of the stack, and where the service answers
+up:  ## build and start the service with docker-compose (first run trains the quick model, progress shown)
+	docker-compose up -d --build model-init
+	@cid=$$(docker-compose ps -q model-init); last=; \
+	while [ "$$(docker inspect -f '{{.State.Running}}' $$cid)" = true ]; do \
+	  line=$$(docker logs --tail 20 $$cid 2>&1 | tr '\r' '\n' | sed -nE \
+	    -e 's/^(model-init: .*)/\1/p' \
+	    -e 's/^ *[0-9]+%\|[^|]*\| *([0-9]+\/[0-9]+) \[([0-9:]+)<([0-9:?]+).*/model-init: training step \1, \2 elapsed, about \3 to go/p' \
+	    | tail -n 1); \
+	  [ -z "$$line" ] || [ "$$line" = "$$last" ] || echo "$$line"; last=$$line; sleep 10; \
+	done; \
+	code=$$(docker inspect -f '{{.State.ExitCode}}' $$cid); \
+	docker logs --tail 3 $$cid 2>&1 | tr '\r' '\n' | grep '^model-init:' | tail -n 1; \
+	[ "$$code" = 0 ] || { echo "model-init failed (exit $$code); see: docker-compose logs model-init"; exit 1; }
+	docker-compose up -d
+	@echo "the service answers at http://$${INFERENCE_BIND:-127.0.0.1}:$${INFERENCE_PORT:-8080}/predictions/bert_sentiment"
+	@echo "try: curl -X POST 127.0.0.1:$${INFERENCE_PORT:-8080}/predictions/bert_sentiment -H 'Content-Type: text/plain' -d 'great movie'"
 
 down:  ## stop the docker-compose stack
 	docker-compose down
