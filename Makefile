@@ -104,8 +104,11 @@ swarm-test: install  ## Docker Swarm: 1->3 replicas, kill -9, drain on stop, rol
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -m docker tests/test_swarm.py -s -q $(PYTEST_ARGS)
 
 IMDB_DATA_DIR ?= ../shared/data/imdb
-bench: install  ## benchmark: seed baseline vs in-process limit vs TorchServe configs (~15 min; BENCH_ARGS=--quick)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.run --run $(RUN) --data $(IMDB_DATA_DIR) $(BENCH_ARGS)
+# one-sentence reviews for `make bench` (SST-2 validation.parquet); without it data/short_reviews.jsonl
+SST2_DATA_DIR ?= ../shared/data/sst2
+bench: install  ## benchmark, short and long reviews: seed baseline vs in-process limit vs TorchServe configs (~30 min; BENCH_ARGS=--quick, --workload short)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.run --run $(RUN) --data $(IMDB_DATA_DIR) \
+		--short-data $(SST2_DATA_DIR) $(BENCH_ARGS)
 
 bench-gpu: install  ## GPU: in-process limit vs served at c=1..256, time breakdown (BENCH_GPU_ARGS="--device cpu --quick": smoke)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.gpu --run $(RUN) --data $(IMDB_DATA_DIR) $(BENCH_GPU_ARGS)

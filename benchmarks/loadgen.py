@@ -72,11 +72,13 @@ async def _measure(session, url: str, texts: list[str], concurrency: int, durati
 
 async def run_levels(url: str, texts: list[str], levels: list[int], duration: float,
                      warmup: float, max_requests: int | None = None,
-                     timeout: float = 120.0, cpu_clock=None) -> list[dict]:
+                     timeout: float = 120.0, cpu_clock=None, cpu_roles=None) -> list[dict]:
     """Measure each concurrency level in turn on one connection pool per level. With
     `cpu_clock` (the server's CPU seconds so far), also the server's CPU time in the measured
     window and reviews per CPU-second: on a machine shared with other work, throughput follows
-    the share of the CPUs the server gets; work per CPU-second does much less."""
+    the share of the CPUs the server gets; work per CPU-second does much less. With
+    `cpu_roles` (the server's CPU seconds so far by process, {"frontend": s, "worker": s}),
+    CPU-ms per request of each, and of this client (its process CPU time)."""
     import aiohttp
     check_loopback(url)
     if not texts:
@@ -90,8 +92,15 @@ async def run_levels(url: str, texts: list[str], levels: list[int], duration: fl
             # start each level at a different place in the texts, but deterministically
             offset = (concurrency * 7919) % len(texts)
             cpu_before = cpu_clock() if cpu_clock else None
+            roles_before, client_before = (cpu_roles() if cpu_roles else {}), time.process_time()
             result = await _measure(session, url, texts[offset:] + texts[:offset], concurrency,
                                     duration, max_requests, timeout)
+            if cpu_roles and result["ok"]:
+                roles = {**cpu_roles(), "client": time.process_time()}
+                roles_before["client"] = client_before
+                result["cpu_ms_per_request"] = {
+                    role: round(1000 * (seconds - roles_before.get(role, 0.0)) / result["ok"], 2)
+                    for role, seconds in sorted(roles.items())}
             if cpu_clock:
                 cpu = cpu_clock() - cpu_before
                 result["server_cpu_s"] = round(cpu, 2)
@@ -103,9 +112,9 @@ async def run_levels(url: str, texts: list[str], levels: list[int], duration: fl
 
 def load_levels(url: str, texts: list[str], levels: list[int], duration: float, warmup: float,
                 max_requests: int | None = None, timeout: float = 120.0,
-                cpu_clock=None) -> list[dict]:
+                cpu_clock=None, cpu_roles=None) -> list[dict]:
     return asyncio.run(run_levels(url, texts, levels, duration, warmup, max_requests, timeout,
-                                  cpu_clock))
+                                  cpu_clock, cpu_roles))
 
 
 def parse_levels(text: str) -> list[int]:

@@ -1,9 +1,17 @@
-"""One benchmark run: every system against the same exported checkpoint and the same held-out
-IMDB texts, on this machine, in one go, so the ratios between systems are meaningful even when
-absolute numbers are noisy.
+"""One benchmark run: every system against the same exported checkpoint and the same texts, on
+this machine, in one go, so the ratios between systems are meaningful even when absolute numbers
+are noisy. Two workloads, each server loaded with both in turn:
+  long   held-out IMDB reviews (~200 tokens), from --data
+  short  one-sentence reviews (~26 tokens): SST-2's validation sentences from --short-data
+         (validation.parquet, typed as people type them), else data/short_reviews.jsonl
 
-    python -m benchmarks.run --run runs/quick --data $IMDB_DATA_DIR        # full, ~12-15 min
-    python -m benchmarks.run --run runs/quick --data $IMDB_DATA_DIR --quick  # smoke, ~3 min
+    python -m benchmarks.run --run runs/quick --data $IMDB_DATA_DIR --short-data $SST2_DATA_DIR
+    python -m benchmarks.run ... --quick                   # smoke, ~3 min
+    python -m benchmarks.run ... --workload short          # one workload only
+
+Per level it reports throughput, latency and the CPU-ms per request of each process (TorchServe's
+java frontend, its Python worker, the load client): on a machine shared with other work, CPU per
+request moves much less than throughput does.
 
 Systems:
   inprocess-PREC  the model called directly (serving encode + inference code), best batch size;
@@ -118,6 +126,10 @@ def archive(run_dir: Path, config: dict, workdir: Path) -> Path:
     return store
 
 
+# the CPU flags that decide which precisions run natively
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> dict:
     import torch
     info = {"platform": platform.platform(), "python": platform.python_version(),
@@ -128,8 +140,10 @@ def machine() -> dict:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
-                info["avx512_bf16"] = "avx512_bf16" in line.split()
-                info["avx512_vnni"] = "avx512_vnni" in line.split()
+                flags = line.split(":", 1)[1].split()
+                info["avx512_bf16"] = "avx512_bf16" in flags
+                info["avx512_vnni"] = "avx512_vnni" in flags
+                info["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in flags]
                 break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
@@ -144,29 +158,58 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def measure_server(server, texts, levels, args) -> dict:
+def measure_server(server, corpora: dict, levels, args) -> dict:
+    """{workload: {"cold_start_s", "levels"}}: the server loaded with each workload in turn."""
     cold = server.cold_start(timeout=args.start_timeout)
     log(f"  first prediction after {cold:.1f} s; load at concurrency {levels}")
-    results = load_levels(server.url, texts, levels, args.duration, args.warmup,
-                          args.max_requests, timeout=args.request_timeout,
-                          cpu_clock=server.cpu_seconds)
-    for entry in results:
-        log(f"  c={entry['concurrency']:>3}: {entry['reviews_per_s']:7.1f} reviews/s  "
-            f"p50 {entry['p50_ms']} ms  p99 {entry['p99_ms']} ms  errors {entry['errors']}  "
-            f"{entry.get('reviews_per_cpu_s')} reviews per server CPU-second")
-    return {"cold_start_s": round(cold, 2), "levels": results}
+    measured = {}
+    for workload, texts in corpora.items():
+        results = load_levels(server.url, texts, levels, args.duration, args.warmup,
+                              args.max_requests, timeout=args.request_timeout,
+                              cpu_clock=server.cpu_seconds, cpu_roles=server.cpu_by_role)
+        for entry in results:
+            cpu = ", ".join(f"{role} {ms}" for role, ms in
+                            entry.get("cpu_ms_per_request", {}).items())
+            log(f"  {workload} c={entry['concurrency']:>3}: {entry['reviews_per_s']:7.1f} "
+                f"reviews/s  p50 {entry['p50_ms']} ms  p99 {entry['p99_ms']} ms  errors "
+                f"{entry['errors']}  CPU-ms per request: {cpu}  (load {os.getloadavg()[0]:.1f})")
+            entry["loadavg"] = round(os.getloadavg()[0], 2)
+        measured[workload] = {"cold_start_s": round(cold, 2), "levels": results}
+    return measured
+
+
+def load_corpora(args, run_meta: dict) -> tuple[dict, dict]:
+    """({workload: texts}, {workload: where they came from}) for the chosen workloads."""
+    from benchmarks.texts import load_short, load_split
+    corpora, sources = {}, {}
+    if args.workload in ("long", "both"):
+        corpora["long"], _ = load_split(args.data, args.texts,
+                                        run_meta.get("validation_size", 2000),
+                                        run_meta.get("seed", 42))
+        sources["long"] = f"IMDB held-out reviews ({args.data})"
+    if args.workload in ("short", "both"):
+        corpora["short"], sources["short"] = load_short(args.short_data, args.texts)
+    return corpora, sources
+
+
+def mean_tokens(run_dir: Path, texts: list[str], max_length: int) -> float:
+    """Tokens per text as the model sees them (special tokens included, truncated)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True,
+                                             max_length=max_length)["input_ids"]]
+    return round(sum(lengths) / len(lengths), 1)
 
 
 def run_benchmark(args) -> dict:
     from benchmarks.seed_baseline import SeedBaseline
     from harness.server import TorchServe
-    from benchmarks.texts import load_split
     run_meta = json.loads((args.run / "metrics.json").read_text())
     max_length = args.max_length or run_meta.get("max_length", 256)
-    texts, _ = load_split(args.data, args.texts, run_meta.get("validation_size", 2000),
-                          run_meta.get("seed", 42))
-    log(f"{len(texts)} held-out reviews, max_length {max_length}, concurrency {args.concurrency}, "
-        f"{args.duration} s per level after {args.warmup} s warm-up")
+    corpora, sources = load_corpora(args, run_meta)
+    log(f"workloads {', '.join(f'{w}: {len(t)} texts' for w, t in corpora.items())}, max_length "
+        f"{max_length}, concurrency {args.concurrency}, {args.duration} s per level after "
+        f"{args.warmup} s warm-up")
     ablation_levels = sorted({1, TARGET_CONCURRENCY} & set(args.concurrency)) or args.concurrency
     configs = serving_configs(args.precision, args.quick)
     wanted = set(args.systems.split(",")) if args.systems else None
@@ -174,35 +217,43 @@ def run_benchmark(args) -> dict:
     result = {"command": args.command, "machine": machine(), "run_dir": str(args.run),
               "run_metrics": {k: run_meta.get(k) for k in ("preset", "base_model", "accuracy",
                                                            "max_length")},
-              "settings": {"texts": len(texts), "max_length": max_length,
+              "settings": {"texts": len(next(iter(corpora.values()))), "max_length": max_length,
                            "concurrency": args.concurrency, "duration_s": args.duration,
                            "warmup_s": args.warmup, "max_requests": args.max_requests,
-                           "default_precision": args.precision},
-              "inprocess": {}, "systems": {}}
+                           "default_precision": args.precision, "workloads": list(corpora)},
+              "workloads": {workload: {"texts": len(texts), "source": sources[workload],
+                                       "mean_tokens": mean_tokens(args.run, texts, max_length),
+                                       "inprocess": {}, "systems": {}}
+                            for workload, texts in corpora.items()}}
+    workloads = result["workloads"]
 
     def selected(name):
         return wanted is None or name in wanted or name.split("-")[0] in wanted
 
-    precisions = sorted({c["precision"] for c in configs if selected(c["name"])},
-                        key=PRECISIONS.index)
+    # the served configurations' precisions; all of them when only the in-process limit runs
+    precisions = sorted({c["precision"] for c in configs if selected(c["name"])} or
+                        {c["precision"] for c in configs}, key=PRECISIONS.index)
     if selected("inprocess"):
         from benchmarks.inprocess import inprocess_limit
-        for precision in precisions:
-            log(f"in-process limit, {precision}")
-            limit = inprocess_limit(args.run, texts, precision, max_length, args.batch_sizes,
-                                    args.inprocess_seconds)
-            log(f"  {limit['reviews_per_s_by_batch']} reviews/s by batch size; batch-1 p50 "
-                f"{limit['batch1_p50_ms']} ms")
-            result["inprocess"][precision] = limit
+        for workload, texts in corpora.items():
+            for precision in precisions:
+                log(f"in-process limit, {workload}, {precision}")
+                limit = inprocess_limit(args.run, texts, precision, max_length,
+                                        args.batch_sizes, args.inprocess_seconds)
+                log(f"  {limit['reviews_per_s_by_batch']} reviews/s by batch size; batch-1 p50 "
+                    f"{limit['batch1_p50_ms']} ms; {limit['reviews_per_cpu_s']} reviews per "
+                    f"CPU-s (load {os.getloadavg()[0]:.1f})")
+                workloads[workload]["inprocess"][precision] = limit
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
         if selected("seed"):
             log("seed baseline (Flask, batch 1, fp32)")
             with SeedBaseline(tmp / "seed", args.run, max_length) as server:
-                result["systems"]["seed"] = {"kind": "seed", "precision": "fp32",
-                                             **measure_server(server, texts, args.concurrency,
-                                                              args)}
+                for workload, measured in measure_server(server, corpora, args.concurrency,
+                                                         args).items():
+                    workloads[workload]["systems"]["seed"] = {"kind": "seed",
+                                                              "precision": "fp32", **measured}
         for config in configs:
             if not selected(config["name"]):
                 continue
@@ -214,26 +265,29 @@ def run_benchmark(args) -> dict:
                 f"maxBatchDelay {config['maxBatchDelay']} ms, {config['workers']} worker(s) x "
                 f"{config['threads_per_worker'] or 'auto'} thread(s)")
             with TorchServe(workdir / "ts", store) as server:
-                measured = measure_server(server, texts, levels, args)
-                measured["workers_ready"] = sum(w["status"] == "READY"
-                                                for w in server.describe()["workers"])
-            result["systems"][config["name"]] = {"kind": "torchserve", **config, **measured}
+                measured = measure_server(server, corpora, levels, args)
+                ready = sum(w["status"] == "READY" for w in server.describe()["workers"])
+            for workload, entry in measured.items():
+                workloads[workload]["systems"][config["name"]] = {
+                    "kind": "torchserve", **config, **entry, "workers_ready": ready}
             shutil.rmtree(store, ignore_errors=True)
 
-    if args.accuracy_samples:
+    if args.accuracy_samples and "long" in corpora:
         from benchmarks.accuracy import evaluate_precisions
         log(f"accuracy on {args.accuracy_samples} held-out reviews")
         result["accuracy"] = evaluate_precisions(args.run, args.data, args.accuracy_samples,
                                                  precisions=precisions, max_length=max_length)
-    result["ratios"] = ratios(result, TARGET_CONCURRENCY if TARGET_CONCURRENCY in args.concurrency
-                              else max(args.concurrency))
+    concurrency = TARGET_CONCURRENCY if TARGET_CONCURRENCY in args.concurrency \
+        else max(args.concurrency)
     default = f"ts-{args.precision}"
-    if default in result["systems"] and "seed" in result["systems"]:
-        best = best_inprocess(result)  # the limit is the best runtime, not the default one
-        result["targets"] = {"system": default, "limit": best, "checks": check_targets(
-            result["systems"][default], result["systems"]["seed"],
-            result["inprocess"].get(best), TARGET_CONCURRENCY,
-            result["systems"][default]["cold_start_s"])}
+    for workload in workloads.values():
+        workload["ratios"] = ratios(workload, concurrency)
+        if default in workload["systems"] and "seed" in workload["systems"]:
+            best = best_inprocess(workload)  # the limit is the best runtime, not the default one
+            workload["targets"] = {"system": default, "limit": best, "checks": check_targets(
+                workload["systems"][default], workload["systems"]["seed"],
+                workload["inprocess"].get(best), TARGET_CONCURRENCY,
+                workload["systems"][default]["cold_start_s"])}
     result["wall_time_s"] = round(time.monotonic() - started, 1)
     return result
 
@@ -245,9 +299,12 @@ def best_inprocess(result: dict) -> str | None:
 
 
 def ratios(result: dict, concurrency: int = TARGET_CONCURRENCY) -> dict:
-    """Throughput of every served system relative to the seed baseline and to the in-process
-    limit at its own precision, and its p99 relative to the seed's, all at `concurrency`."""
+    """Throughput of every served system relative to the seed baseline, to the in-process
+    limit at its own precision and to the limit (the best in-process runtime), and its p99
+    relative to the seed's, all at `concurrency`."""
     seed = level(result["systems"].get("seed"), concurrency)
+    best = best_inprocess(result)
+    best_rate = best and result["inprocess"][best]["best_reviews_per_s"]
     table = {}
     for name, system in result["systems"].items():
         entry = level(system, concurrency)
@@ -258,9 +315,10 @@ def ratios(result: dict, concurrency: int = TARGET_CONCURRENCY) -> dict:
             "reviews_per_s": entry["reviews_per_s"],
             "vs_seed": _round(ratio(entry["reviews_per_s"], seed and seed["reviews_per_s"])),
             "vs_inprocess": _round(ratio(entry["reviews_per_s"], limit.get("best_reviews_per_s"))),
+            "vs_limit": _round(ratio(entry["reviews_per_s"], best_rate)),
             "p99_vs_seed": _round(ratio(entry["p99_ms"], seed and seed["p99_ms"])),
         }
-    return {"concurrency": concurrency, "systems": table}
+    return {"concurrency": concurrency, "limit": best, "systems": table}
 
 
 def _round(value):
@@ -268,31 +326,37 @@ def _round(value):
 
 
 def plot(result: dict, path: Path) -> Path:
+    """Throughput and p99 by concurrency, one row of plots per workload."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, system in result["systems"].items():
-        levels = system["levels"]
-        xs = [entry["concurrency"] for entry in levels]
-        style = "o-" if len(xs) > 2 else "s--"
-        left.plot(xs, [e["reviews_per_s"] for e in levels], style, label=name)
-        right.plot(xs, [e["p99_ms"] for e in levels], style, label=name)
-    for precision, limit in result["inprocess"].items():
-        left.axhline(limit["best_reviews_per_s"], linestyle=":", linewidth=1, color="grey")
-        left.annotate(f"in-process {precision}", (1, limit["best_reviews_per_s"]), fontsize=7,
-                      color="grey", va="bottom")
-    for axis, label in ((left, "throughput (reviews/s)"), (right, "p99 latency (ms)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrency (closed-loop clients)")
-        axis.set_ylabel(label)
-        axis.grid(True, alpha=0.3)
-    right.set_yscale("log")
-    left.legend(fontsize=7)
+    workloads = result["workloads"]
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(12, 4.5 * len(workloads)),
+                             squeeze=False)
+    for (left, right), (workload, measured) in zip(axes, workloads.items()):
+        for name, system in measured["systems"].items():
+            levels = system["levels"]
+            xs = [entry["concurrency"] for entry in levels]
+            style = "o-" if len(xs) > 2 else "s--"
+            left.plot(xs, [e["reviews_per_s"] for e in levels], style, label=name)
+            right.plot(xs, [e["p99_ms"] for e in levels], style, label=name)
+        for precision, limit in measured["inprocess"].items():
+            left.axhline(limit["best_reviews_per_s"], linestyle=":", linewidth=1, color="grey")
+            left.annotate(f"in-process {precision}", (1, limit["best_reviews_per_s"]),
+                          fontsize=7, color="grey", va="bottom")
+        for axis, label in ((left, "throughput (reviews/s)"), (right, "p99 latency (ms)")):
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("concurrency (closed-loop clients)")
+            axis.set_ylabel(label)
+            axis.set_title(f"{workload}: {measured['mean_tokens']} tokens per text", fontsize=9)
+            axis.grid(True, alpha=0.3)
+        right.set_yscale("log")
+        left.legend(fontsize=7)
     settings = result["settings"]
-    fig.suptitle(f"IMDB sentiment, {result['run_metrics'].get('preset')} checkpoint, max_length "
-                 f"{settings['max_length']}, {result['machine'].get('affinity')} CPUs: "
-                 f"{settings['duration_s']} s per level", fontsize=9)
+    fig.suptitle(f"{result['run_metrics'].get('preset')} checkpoint, max_length "
+                 f"{settings['max_length']}, {result['machine'].get('cpu')}, "
+                 f"{result['machine'].get('affinity')} CPUs: {settings['duration_s']} s per level",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -300,39 +364,16 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def markdown(result: dict) -> str:
-    """The tables of docs/PERFORMANCE.md."""
-    out = ["| system | precision | batch / delay | workers x threads | concurrency | reviews/s "
-           "| p50 ms | p95 ms | p99 ms | errors | cold start s | reviews / server CPU-s |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, system in result["systems"].items():
-        if system["kind"] == "seed":
-            batching, layout = "1 / -", "threaded Flask"
-        else:
-            batching = f"{system['batchSize']} / {system['maxBatchDelay']} ms"
-            layout = f"{system['workers']} x {system['threads_per_worker'] or 'auto'}"
-        for entry in system["levels"]:
-            out.append(f"| {name} | {system['precision']} | {batching} | {layout} | "
-                       f"{entry['concurrency']} | {entry['reviews_per_s']:.1f} | "
-                       f"{entry['p50_ms']} | {entry['p95_ms']} | {entry['p99_ms']} | "
-                       f"{entry['errors']} | {system['cold_start_s']} | "
-                       f"{_fmt(entry.get('reviews_per_cpu_s'))} |")
-    if result["inprocess"]:
-        out += ["", "| in-process | reviews/s by batch size | best | batch-1 p50 ms | "
-                "reviews / CPU-s (best batch) |", "|---|---|---:|---:|---:|"]
-        for precision, limit in result["inprocess"].items():
-            by_batch = ", ".join(f"{b}: {v:.1f}" for b, v in
-                                 limit["reviews_per_s_by_batch"].items())
-            out.append(f"| {precision} | {by_batch} | {limit['best_reviews_per_s']:.1f} "
-                       f"(batch {limit['best_batch']}) | {limit['batch1_p50_ms']} | "
-                       f"{_fmt(limit.get('reviews_per_cpu_s'))} |")
-    table = result.get("ratios", {}).get("systems", {})
-    if table:
-        out += ["", f"Ratios at concurrency {result['ratios']['concurrency']}:", "",
-                "| system | reviews/s | vs seed | vs in-process (same precision) | "
-                "p99 vs seed p99 |", "|---|---:|---:|---:|---:|"]
-        for name, entry in table.items():
-            out.append(f"| {name} | {entry['reviews_per_s']:.1f} | {_fmt(entry['vs_seed'])} | "
-                       f"{_fmt(entry['vs_inprocess'])} | {_fmt(entry['p99_vs_seed'])} |")
+    """The tables of docs/PERFORMANCE.md: the machine, then per workload the served systems
+    (with CPU-ms per request by process), the in-process limit, the ratios, the targets."""
+    info = result["machine"]
+    out = [f"Machine: {info.get('cpu')}, {info.get('affinity')} CPUs, flags "
+           f"{', '.join(info.get('cpu_flags', [])) or 'none of ' + ', '.join(CPU_FLAGS)}; load "
+           f"average at start {', '.join(f'{x:.1f}' for x in info.get('loadavg_at_start', []))}."]
+    for workload, measured in result["workloads"].items():
+        out += ["", f"### {workload}: {measured['source']}, {measured['texts']} texts, "
+                f"{measured['mean_tokens']} tokens on average", ""]
+        out += markdown_workload(measured)
     if result.get("accuracy"):
         out += ["", "| precision | held-out reviews | accuracy | delta vs fp32 (points) | "
                 "agreement with fp32 |", "|---|---:|---:|---:|---:|"]
@@ -340,6 +381,51 @@ def markdown(result: dict) -> str:
             out.append(f"| {precision} | {entry['samples']} | {entry['accuracy']:.4f} | "
                        f"{entry.get('delta_points_vs_fp32', 0.0):+.2f} | "
                        f"{entry.get('agreement_with_fp32', 1.0):.4f} |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_workload(result: dict) -> list[str]:
+    out = ["| system | precision | batch / delay | workers x threads | concurrency | reviews/s "
+           "| p50 ms | p95 ms | p99 ms | errors | cold start s | reviews / server CPU-s "
+           "| CPU-ms per request: frontend / worker / server / client | load avg |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for name, system in result["systems"].items():
+        if system["kind"] == "seed":
+            batching, layout = "1 / -", "threaded Flask"
+        else:
+            batching = f"{system['batchSize']} / {system['maxBatchDelay']} ms"
+            layout = f"{system['workers']} x {system['threads_per_worker'] or 'auto'}"
+        for entry in system["levels"]:
+            cpu = entry.get("cpu_ms_per_request", {})
+            split = " / ".join(_fmt(cpu.get(role)) for role in
+                               ("frontend", "worker", "server", "client"))
+            out.append(f"| {name} | {system['precision']} | {batching} | {layout} | "
+                       f"{entry['concurrency']} | {entry['reviews_per_s']:.1f} | "
+                       f"{entry['p50_ms']} | {entry['p95_ms']} | {entry['p99_ms']} | "
+                       f"{entry['errors']} | {system['cold_start_s']} | "
+                       f"{_fmt(entry.get('reviews_per_cpu_s'))} | {split} | "
+                       f"{_fmt(entry.get('loadavg'))} |")
+    if result["inprocess"]:
+        out += ["", "| in-process | reviews/s by batch size | best | batch-1 p50 ms | "
+                "reviews / CPU-s (best batch) | CPU-ms per review (best batch) |",
+                "|---|---|---:|---:|---:|---:|"]
+        for precision, limit in result["inprocess"].items():
+            by_batch = ", ".join(f"{b}: {v:.1f}" for b, v in
+                                 limit["reviews_per_s_by_batch"].items())
+            per_cpu = limit.get("reviews_per_cpu_s")
+            out.append(f"| {precision} | {by_batch} | {limit['best_reviews_per_s']:.1f} "
+                       f"(batch {limit['best_batch']}) | {limit['batch1_p50_ms']} | "
+                       f"{_fmt(per_cpu)} | {_fmt(per_cpu and 1000 / per_cpu)} |")
+    table = result.get("ratios", {}).get("systems", {})
+    if table:
+        out += ["", f"Ratios at concurrency {result['ratios']['concurrency']} (the limit: the "
+                f"best in-process runtime, {result['ratios'].get('limit')}):", "",
+                "| system | reviews/s | vs seed | vs in-process (same precision) | "
+                "vs in-process limit | p99 vs seed p99 |", "|---|---:|---:|---:|---:|---:|"]
+        for name, entry in table.items():
+            out.append(f"| {name} | {entry['reviews_per_s']:.1f} | {_fmt(entry['vs_seed'])} | "
+                       f"{_fmt(entry['vs_inprocess'])} | {_fmt(entry['vs_limit'])} | "
+                       f"{_fmt(entry['p99_vs_seed'])} |")
     if result.get("targets"):
         out += ["", f"Targets for {result['targets']['system']} (in-process limit: "
                 f"{result['targets'].get('limit')}, the best in-process runtime):", "",
@@ -348,7 +434,7 @@ def markdown(result: dict) -> str:
             met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
             out.append(f"| {check['target']} | {_fmt(check['value'])} {check['unit']} | "
                        f"{check['goal']} {check['unit']} | {met} |")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _fmt(value):
@@ -361,6 +447,11 @@ def parse_args(argv=None):
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "quick",
                         help="exported run directory (default: runs/quick)")
     parser.add_argument("--data", help="IMDB parquet directory (default: $IMDB_DATA_DIR)")
+    parser.add_argument("--short-data",
+                        help="SST-2 parquet directory with validation.parquet (default: "
+                             "$SST2_DATA_DIR; without one, data/short_reviews.jsonl)")
+    parser.add_argument("--workload", choices=["short", "long", "both"], default="both",
+                        help="one-sentence reviews, IMDB reviews, or both (default)")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--concurrency", type=parse_levels, default=None,
                         help="comma-separated levels (default 1,4,16,64; --quick 1,16)")
@@ -405,7 +496,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     args.command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     from benchmarks.texts import data_dir
-    args.data = data_dir(args.data)
+    if args.workload != "short":  # IMDB: the long workload, and the accuracy check
+        args.data = data_dir(args.data)
     args.output.mkdir(parents=True, exist_ok=True)
     result = run_benchmark(args)
     (args.output / "bench.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -28,3 +28,30 @@ def load_split(path: str | None, count: int, validation_size: int = 2000,
 def load_texts(path: str | None, count: int = 2000, validation_size: int = 2000,
                seed: int = 42) -> list[str]:
     return load_split(path, count, validation_size, seed)[0]
+
+
+SHORT_FALLBACK = Path(__file__).resolve().parent.parent / "data" / "short_reviews.jsonl"
+
+
+def load_short(path: str | None, count: int = 2000, seed: int = 42) -> tuple[list[str], str]:
+    """(`count` one-sentence reviews, where they came from): SST-2's validation sentences from
+    the directory `path` (or $SST2_DATA_DIR) holding validation.parquet, typed as people type
+    them (training.data.normalize_ptb); without that directory the repository's
+    data/short_reviews.jsonl. At most `count` of them, in a seeded shuffle."""
+    import random
+    path = path or os.environ.get("SST2_DATA_DIR")
+    source = Path(path) / "validation.parquet" if path else None
+    if source is not None and source.is_file():
+        import pandas
+
+        from training.data import normalize_ptb
+        texts = [normalize_ptb(text) for text in pandas.read_parquet(source)["text"]]
+    else:
+        import json
+        source = SHORT_FALLBACK
+        texts = [json.loads(line)["text"] for line in source.read_text().splitlines()
+                 if line.strip()]
+    if not texts:
+        raise SystemExit(f"error: {source} holds no texts")
+    random.Random(seed).shuffle(texts)
+    return [texts[i % len(texts)] for i in range(min(count, len(texts)))], str(source)

@@ -128,6 +128,27 @@ class Server:
                 pass
         return total
 
+    def cpu_by_role(self) -> dict:
+        """`cpu_seconds` split by process: "frontend" (TorchServe's java), "worker" (its
+        Python model workers), "server" (anything else: the launcher, a Flask server)."""
+        import psutil
+        try:
+            parent = psutil.Process(self.process.pid)
+            processes = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return {}
+        roles: dict[str, float] = {}
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                command = " ".join(process.cmdline())
+                role = ("frontend" if process.name() == "java" else
+                        "worker" if "model_service_worker" in command else "server")
+            except psutil.NoSuchProcess:
+                continue
+            roles[role] = roles.get(role, 0.0) + times.user + times.system
+        return roles
+
     def stop(self) -> None:
         try:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -48,15 +48,46 @@ def goal_met(value: float, goal: str) -> bool:
     return value >= float(bound) if operator == ">=" else value <= float(bound)
 
 
+def sst_validation(directory):
+    """SST-2's layout: validation.parquet, lowercased and Penn-Treebank tokenized sentences."""
+    import pandas as pd
+    sentences = ["it 's not bad , is n't it ?", "a gorgeous , witty , seductive movie .",
+                 "the story is too thin -lrb- and too long -rrb- .", "i did n't like it ."]
+    pd.DataFrame({"text": sentences * 5, "label": [1, 1, 0, 0] * 5}).to_parquet(
+        directory / "validation.parquet")
+    return directory
+
+
 @pytest.mark.serve
 def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
     out = tmp_path / "out"
+    short = sst_validation(tmp_path)
     done = module("benchmarks.run", "--run", tiny_run, "--data", reviews_dir, "--output", out,
+                  "--short-data", short,
                   "--quick", "--precision", "fp32", "--concurrency", "1,16", "--duration", "1",
                   "--warmup", "0.2", "--inprocess-seconds", "0.2", "--batch-sizes", "1,4",
                   "--accuracy-samples", "24", "--max-requests", MAX_REQUESTS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
+    assert result["settings"]["workloads"] == ["long", "short"]
+    assert set(result["workloads"]) == {"long", "short"}
+    assert result["workloads"]["short"]["source"] == str(short / "validation.parquet")
+    assert result["workloads"]["short"]["texts"] == 20
+    assert isinstance(result["machine"]["cpu_flags"], list)
+    table = (out / "bench.md").read_text()
+    for workload, measured in result["workloads"].items():
+        check_workload(measured, table)
+        assert f"### {workload}: {measured['source']}, {measured['texts']} texts" in table
+
+    # accuracy of what was served (fp32 the reference), not of precisions nobody benchmarked
+    assert set(result["accuracy"]) == {"fp32", "openvino"}
+    assert result["accuracy"]["openvino"]["agreement_with_fp32"] >= 0.95
+    assert (out / "bench.png").stat().st_size > 0
+
+
+def check_workload(result: dict, table: str) -> None:
+    """One workload's report: its levels, CPU per request by process, ratios and target
+    verdicts follow from what it measured, and the markdown shows them."""
     systems, limits = result["systems"], result["inprocess"]
     assert set(systems) == {"seed", "ts-fp32", "ts-openvino"}
     assert set(limits) == {"fp32", "openvino"}  # the limit is the best runtime
@@ -67,10 +98,19 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
             assert level["requests"] <= MAX_REQUESTS, (name, level)
             assert level["reviews_per_s"] > 0
             assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"], (name, level)
+            # CPU per request by process: java frontend and Python worker, or the Flask server
+            cpu = level["cpu_ms_per_request"]
+            roles = {"server", "client"} if name == "seed" else {"frontend", "worker", "client"}
+            assert roles <= set(cpu) and all(cpu[role] > 0 for role in roles), (name, cpu)
+            server_ms = sum(ms for role, ms in cpu.items() if role != "client")
+            assert server_ms == pytest.approx(1000 * level["server_cpu_s"] / level["ok"],
+                                              rel=0.05, abs=2), (name, cpu)
 
     # the ratios at concurrency 16 follow from the measured levels
     ratios = result["ratios"]
     assert ratios["concurrency"] == 16
+    best = max(limits, key=lambda name: limits[name]["best_reviews_per_s"])
+    assert ratios["limit"] == best
     seed = systems["seed"]["levels"][1]
     for name, system in systems.items():
         level, row = system["levels"][1], ratios["systems"][name]
@@ -79,12 +119,13 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
         assert row["p99_vs_seed"] == round(level["p99_ms"] / seed["p99_ms"], 3)
         assert row["vs_inprocess"] == (
             None if limit is None else round(level["reviews_per_s"] / limit["best_reviews_per_s"], 3))
+        assert row["vs_limit"] == round(level["reviews_per_s"] / limits[best]["best_reviews_per_s"], 3)
     assert ratios["systems"]["seed"]["vs_seed"] == 1.0
 
     # every target measured, its verdict the comparison of its value with its goal
     targets = result["targets"]
     assert targets["system"] == "ts-fp32"
-    assert targets["limit"] == max(limits, key=lambda name: limits[name]["best_reviews_per_s"])
+    assert targets["limit"] == best
     checks = {check["target"].split(" @")[0]: check for check in targets["checks"]}
     assert set(checks) == {"throughput vs seed", "throughput vs in-process limit",
                            "p99 vs seed p99", "idle p50 vs in-process batch-1 + 10 ms",
@@ -103,12 +144,7 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
         served["levels"][0]["p50_ms"]
     assert checks["cold start (start to first prediction)"]["value"] == served["cold_start_s"]
 
-    # accuracy of what was served (fp32 the reference), not of precisions nobody benchmarked
-    assert set(result["accuracy"]) == {"fp32", "openvino"}
-    assert result["accuracy"]["openvino"]["agreement_with_fp32"] >= 0.95
-
-    # the markdown shows those numbers; the plot was drawn
-    table = (out / "bench.md").read_text()
+    # the markdown shows those numbers
     for name, system in systems.items():
         for level in system["levels"]:
             assert re.search(rf"^\| {re.escape(name)} \| {system['precision']} \|[^\n]*\| "
@@ -116,5 +152,29 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
                              rf"{level['p50_ms']} \|", table, re.M), (name, level)
     row = ratios["systems"]["ts-fp32"]
     assert (f"| ts-fp32 | {row['reviews_per_s']:.1f} | {row['vs_seed']:.2f} | "
-            f"{row['vs_inprocess']:.2f} | {row['p99_vs_seed']:.2f} |") in table
-    assert (out / "bench.png").stat().st_size > 0
+            f"{row['vs_inprocess']:.2f} | {row['vs_limit']:.2f} | "
+            f"{row['p99_vs_seed']:.2f} |") in table
+
+
+def test_short_workload_without_any_data_directory(tiny_run, tmp_path):
+    """A fresh clone without ../shared: `--workload short` needs no IMDB directory and, with
+    no SST-2 directory, replays the repository's data/short_reviews.jsonl (in-process only
+    here: no server)."""
+    import os
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("SST2_DATA_DIR", "IMDB_DATA_DIR")}
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--run", str(tiny_run), "--output", str(out),
+         "--workload", "short", "--short-data", str(tmp_path / "missing"), "--systems",
+         "inprocess", "--quick", "--precision", "fp32", "--inprocess-seconds", "0.1",
+         "--batch-sizes", "1,2"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    assert list(result["workloads"]) == ["short"]
+    short = result["workloads"]["short"]
+    lines = (REPO / "data" / "short_reviews.jsonl").read_text().splitlines()
+    assert short["source"] == str(REPO / "data" / "short_reviews.jsonl")
+    assert short["texts"] == len([line for line in lines if line.strip()])
+    assert set(short["inprocess"]) == {"fp32", "openvino"}
+    assert short["systems"] == {} and "accuracy" not in result
