@@ -78,6 +78,9 @@ def test_training_quantizes_and_reports_the_check(tiny_run, reviews_dir):
         assert report[key] * 24 == pytest.approx(round(report[key] * 24), abs=0.01), report
     assert abs(report["accuracy"] - report["fp32_accuracy"]) <= \
         1 - report["agreement_with_fp32"] + 1e-4, report
+    assert report["kept"] == (report["agreement_with_fp32"] >= report["min_agreement"] and
+                              report["fp32_accuracy"] - report["accuracy"] <=
+                              report["max_accuracy_drop"] + 1e-9)  # the gate applied
     assert {p.name for p in tiny_run.glob("openvino_model_int8.*")} == \
         (INT8_NAMES if report["kept"] else set())
     if report["kept"]:  # whether it is depends on how the tiny model came out
