@@ -148,7 +148,7 @@ def test_metrics_endpoint_has_torchserve_and_custom_metrics(torchserve):
 def test_describe_and_scale_workers(torchserve):
     described = torchserve.describe()
     assert described["modelName"] == "bert_sentiment"
-    assert described["batchSize"] == 16 and described["maxBatchDelay"] == 10
+    assert described["batchSize"] == 16 and described["maxBatchDelay"] == 1
     assert len(described["workers"]) == 1
     url = f"{torchserve.management}/models/bert_sentiment"
     response = requests.put(f"{url}?min_worker=2&synchronous=true", timeout=180)
