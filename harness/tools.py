@@ -8,7 +8,8 @@ import shutil
 
 
 def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+    """CI=true (GitHub Actions, GitLab and .ci/run set it; some runners say CI=1)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 def missing(reason: str):
