@@ -48,27 +48,40 @@ TARGET_CONCURRENCY = 16
 PRECISIONS = ["fp32", "bf16", "int8", "openvino", "openvino-int8"]
 
 
-def ts_config(name: str, precision: str, batch: int = 16, delay: int = 10, workers: int = 1,
-              threads: int = 0, levels: str = "all", role: str = "precision") -> dict:
+def shipped_batching() -> tuple[int, int]:
+    """(batchSize, maxBatchDelay) of handler/model-config.yaml."""
+    import yaml
+    settings = yaml.safe_load(BASE_CONFIG.read_text())
+    return settings["batchSize"], settings["maxBatchDelay"]
+
+
+def ts_config(name: str, precision: str, batch: int | None = None, delay: int | None = None,
+              workers: int = 1, threads: int = 0, levels: str = "all",
+              role: str = "precision") -> dict:
     """One served configuration; precision "openvino" is cpu_runtime openvino (bf16 where the
     CPU has it), "openvino-int8" the same runtime at int8, the others cpu_runtime torch at that
-    cpu_precision."""
+    cpu_precision. Batching not given is the shipped one. (TorchServe reads a maxBatchDelay <= 0
+    as unset: its default, 100 ms.)"""
+    shipped = shipped_batching()
+    batch, delay = batch or shipped[0], delay or shipped[1]
     return {"name": name, "precision": precision, "batchSize": batch, "maxBatchDelay": delay,
             "workers": workers, "threads_per_worker": threads, "levels": levels, "role": role}
 
 
 def serving_configs(default: str, quick: bool) -> list[dict]:
     """The TorchServe configurations worth comparing. Runtimes and precisions get the full
-    concurrency sweep (batchSize 16, maxBatchDelay 10 ms, 1 worker x all cores); batching and
+    concurrency sweep (the shipped batching, 1 worker x all cores); batching and
     workers x threads are ablations of the default at the idle and target concurrencies."""
     if quick:
         return [ts_config(f"ts-{p}", p) for p in dict.fromkeys((default, "fp32", "openvino"))]
     configs = [ts_config(f"ts-{p}", p) for p in PRECISIONS]
     configs += [
-        ts_config(f"ts-{default}-b1", default, batch=1, delay=0, levels="ablation",
+        ts_config(f"ts-{default}-b1", default, batch=1, levels="ablation",
                   role="no batching"),
         ts_config(f"ts-{default}-d5", default, batch=16, delay=5, levels="ablation",
                   role="batchSize 16, maxBatchDelay 5 ms"),
+        ts_config(f"ts-{default}-d10", default, batch=16, delay=10, levels="ablation",
+                  role="batchSize 16, maxBatchDelay 10 ms (the default until issue 24)"),
         ts_config(f"ts-{default}-b32-d20", default, batch=32, delay=20, levels="ablation",
                   role="batchSize 32, maxBatchDelay 20 ms"),
         ts_config(f"ts-{default}-2x1", default, workers=2, threads=1, levels="ablation",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, synthetic_reviews
 
@@ -90,6 +91,10 @@ def check_workload(result: dict, table: str) -> None:
     verdicts follow from what it measured, and the markdown shows them."""
     systems, limits = result["systems"], result["inprocess"]
     assert set(systems) == {"seed", "ts-fp32", "ts-openvino"}
+    shipped = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    for name in ("ts-fp32", "ts-openvino"):  # served with the shipped batching
+        assert (systems[name]["batchSize"], systems[name]["maxBatchDelay"]) == \
+            (shipped["batchSize"], shipped["maxBatchDelay"]), name
     assert set(limits) == {"fp32", "openvino"}  # the limit is the best runtime
     for name, system in systems.items():
         assert [level["concurrency"] for level in system["levels"]] == [1, 16], name
