@@ -116,7 +116,7 @@ def time_breakdown(predictor, texts: list[str], batch_size: int, batches: int) -
         parts, order = [], []
         with torch.inference_mode():
             for indices in micro_batches(lengths, settings.token_budget,
-                                          settings.micro_batch_size):
+                                          settings.micro_batch_size, settings.pad_to_multiple_of):
                 mark = time.perf_counter()
                 inputs = pad_batch(encoded, indices, predictor.tokenizer.pad_token_id, device,
                                    settings.pad_to_multiple_of, limit)

@@ -67,7 +67,8 @@ class Explainer:
         lengths = [len(ids) for ids in encoded["input_ids"]]
         return [(indices, pad_batch(encoded, indices, self.pad_token_id, device,
                                     self.pad_to_multiple_of, limit))
-                for indices in micro_batches(lengths, token_budget, len(lengths))]
+                for indices in micro_batches(lengths, token_budget, len(lengths),
+                                             self.pad_to_multiple_of)]
 
     def token_attributions(self, encoded: dict, targets: list[int],
                            token_budget: int | None = None) -> list[list[float]]:

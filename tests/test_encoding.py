@@ -82,12 +82,44 @@ def test_micro_batches_pad_to_a_multiple_within_the_position_limit():
     import torch
     encoded = {"input_ids": [[1] * 5, [1] * 40, [1] * 33], "attention_mask": [[1] * 5, [1] * 40, [1] * 33]}
     batches = micro_batches([5, 40, 33], token_budget=80, max_batch=8)
-    assert batches == [[0, 2], [1]]  # length-sorted; 3 x 40 would exceed the budget
+    assert batches == [[0], [2, 1]]  # length-sorted; 3 x 40 would exceed the budget
     padded = pad_batch(encoded, [0, 2], 0, torch.device("cpu"), multiple=32, limit=512)
     assert padded["input_ids"].shape == (2, 64)
     assert padded["attention_mask"].sum().item() == 38
     assert pad_batch(encoded, [1], 0, torch.device("cpu"), multiple=32, limit=48)["input_ids"].shape == (1, 48)
     assert pad_batch(encoded, [1], 0, torch.device("cpu"))["input_ids"].shape == (1, 40)
+
+
+def test_micro_batches_cut_where_padding_costs_more_than_a_pass():
+    """Sorted lengths are cut where the padded tokens saved outweigh one more forward pass
+    (PASS_COST_TOKENS), and never past max_batch or the token budget."""
+    import itertools
+
+    from handler.inference import PASS_COST_TOKENS, micro_batches
+
+    def cost(batches, lengths, multiple):
+        return sum(len(b) * -(-max(lengths[i] for i in b) // multiple) * multiple
+                   + PASS_COST_TOKENS for b in batches)
+
+    assert micro_batches([10] * 12, 10_000, 64) == [list(range(12))]  # equal: one pass
+    assert micro_batches([8, 9, 250, 251], 10_000, 64) == [[0, 1], [2, 3]]
+    assert micro_batches([10] * 12, 10_000, 5) == [[0, 1], [2, 3, 4, 5, 6], [7, 8, 9, 10, 11]]
+    assert all(len(b) * 100 <= 300 for b in micro_batches([100] * 7, 300, 64))
+    lengths = [7, 31, 12, 9, 64, 30, 11, 60, 8]
+    got = micro_batches(lengths, 256, 4, multiple=8)
+    assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for cuts in itertools.product([False, True], repeat=len(order) - 1):  # every partition
+        parts, current = [], [order[0]]
+        for index, cut in zip(order[1:], cuts):
+            if cut:
+                parts.append(current)
+                current = []
+            current.append(index)
+        parts.append(current)
+        if all(len(p) <= 4 and len(p) * -(-max(lengths[i] for i in p) // 8) * 8 <= 256
+               for p in parts):
+            assert cost(got, lengths, 8) <= cost(parts, lengths, 8)
 
 
 PARITY_TEXTS = [
