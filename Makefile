@@ -72,8 +72,9 @@ test-gpu: install  ## the gpu marker suite on a CUDA GPU (skips without one): ma
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GPU_TEST_RUN=$(RUN) IMDB_DATA_DIR=$(IMDB_DATA_DIR) \
 	  $(PY) -m pytest -m gpu -s $(PYTEST_ARGS)
 
-train: install  ## fine-tune: make train PRESET=quick|full DATA=hub-name-or-parquet-dir
-	$(PY) -m training --preset $(PRESET) --data $(DATA) --output-dir $(RUN)
+train: install  ## fine-tune: make train PRESET=quick|full DATA=hub-name-or-parquet-dir [SHORT_DATA=sst2-dir|none]
+	$(PY) -m training --preset $(PRESET) --data $(DATA) --output-dir $(RUN) \
+	  $(if $(SHORT_DATA),--short-data $(SHORT_DATA))
 
 quantize: install  ## int8 model for the OpenVINO runtime of a run trained without it: make quantize RUN=runs/quick DATA=...
 	$(PY) -m training.quantize $(RUN) --data $(DATA)
