@@ -32,7 +32,7 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
         runtime, tokenizer = prepare(run_dir, precision)
         started = time.perf_counter()
         predicted = score_texts(runtime, tokenizer, texts, encoding,
-                                Calibration.load(run_dir).temperature, chunk=64).argmax(-1)
+                                Calibration.load(run_dir), chunk=64).argmax(-1)
         accuracy = (predicted == torch.tensor(labels)).float().mean().item()
         entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
                  "seconds": round(time.perf_counter() - started, 1)}

@@ -124,7 +124,8 @@ def time_breakdown(predictor, texts: list[str], batch_size: int, batches: int) -
                 spent["pad_copy"] += time.perf_counter() - mark
                 mark = time.perf_counter()
                 logits = runtime.forward(**inputs)
-                parts.append((logits.float() / predictor.temperature).softmax(dim=-1))
+                temperatures = predictor.calibration.temperatures([lengths[i] for i in indices])
+                parts.append((logits.float() / temperatures.to(device)[:, None]).softmax(dim=-1))
                 synchronize(device)
                 spent["forward"] += time.perf_counter() - mark
                 order += indices

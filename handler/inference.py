@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from handler.calibration import Calibration
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,10 +66,10 @@ def pad_batch(encoded: dict, indices: list[int], pad_token_id: int, device,
 
 @torch.inference_mode()
 def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batch: int,
-          pad_to_multiple_of: int, temperature: float = 1.0) -> torch.Tensor:
+          pad_to_multiple_of: int, calibration: Calibration = Calibration()) -> torch.Tensor:
     """Class probabilities (float32, on the CPU) for every encoded text, in input order:
     `runtime.forward(padded inputs) -> logits` per micro-batch, softmax of the logits divided
-    by `temperature` (calibration, see training/calibration.py).
+    by each text's temperature (handler/calibration.py: by its length in tokens).
 
     Lengths are padded to a multiple of `pad_to_multiple_of`: every new (batch, length) shape
     makes oneDNN build and cache new kernels, and with exact lengths a worker's memory kept
@@ -80,7 +82,9 @@ def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batc
     for indices in micro_batches(lengths, token_budget, max_batch, pad_to_multiple_of):
         inputs = pad_batch(encoded, indices, pad_token_id, runtime.device, pad_to_multiple_of,
                            getattr(runtime.config, "max_position_embeddings", None))
-        parts.append((runtime.forward(**inputs).float() / temperature).softmax(dim=-1))
+        temperatures = calibration.temperatures([lengths[i] for i in indices])
+        logits = runtime.forward(**inputs).float()
+        parts.append((logits / temperatures.to(logits.device)[:, None]).softmax(dim=-1))
         order += indices
     probabilities = torch.empty(len(lengths), runtime.config.num_labels, dtype=torch.float32)
     if parts:  # one device-to-host copy for the whole batch, then back to input order

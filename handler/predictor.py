@@ -2,7 +2,7 @@
 on demand. Everything here runs without TorchServe (the benchmarks build one directly).
 
 Texts are encoded with the run's own settings (`encode_reviews`, encoding.json), scored by the
-runtime of handler/runtime.py in length-sorted micro-batches, divided by the fitted temperature
+runtime of handler/runtime.py in length-sorted micro-batches, divided by the fitted temperatures
 (calibration.json) and answered with the labels of the model's config.json.
 """
 import logging
@@ -30,7 +30,7 @@ class Predictor:
         self.settings, self.model_version = settings, model_version
         self.tokenizer = RunTokenizer(model_dir)  # the run's tokenizer.json, no transformers
         self.encoding = EncodingSettings.serving(model_dir, settings.max_length)
-        self.temperature = Calibration.load(model_dir).temperature
+        self.calibration = Calibration.load(model_dir)
         on_cpu = self.device.type == "cpu"
         self.runtime = load_runtime(
             model_dir, self.device, settings.cpu_precision if on_cpu else settings.gpu_precision,
@@ -49,7 +49,7 @@ class Predictor:
         def attempt(micro_batch: int) -> torch.Tensor:
             token_budget = max(1, self.settings.token_budget * micro_batch // most)
             return score(self.runtime, encoded, self.tokenizer.pad_token_id, token_budget,
-                         micro_batch, self.settings.pad_to_multiple_of, self.temperature)
+                         micro_batch, self.settings.pad_to_multiple_of, self.calibration)
 
         return halving_on_out_of_memory(attempt, most, 1, self.device,
                                         "texts per micro-batch at most"), encoded

@@ -6,7 +6,7 @@ batched: batchSize / maxBatchDelay in model-config.yaml):
 2. scheduled against the call's time budget (handler/scheduler.py): what would not fit gets a
    503 + Retry-After instead of TorchServe killing the worker at its timeout;
 3. scored with the model (handler/predictor.py: the run's encoding, the runtime of
-   handler/runtime.py, the fitted temperature), explained where asked (/explanations/NAME);
+   handler/runtime.py, the fitted temperatures), explained where asked (/explanations/NAME);
 4. answered as JSON, one response per request, in order; a request whose inference fails is
    retried alone so that it fails by itself. Review text never reaches the logs.
 
@@ -59,10 +59,10 @@ class SentimentHandler:
         self.scheduler = Scheduler(settings.call_seconds(model_yaml), self.predictor.warm_up(),
                                    settings.explain_cost(), settings.micro_batch_size,
                                    settings.token_budget, self.predictor.encoding.max_length)
-        logger.info("loaded %s on %s, runtime %s, %s, temperature %.4f; %.1f us per token, at "
+        logger.info("loaded %s on %s, runtime %s, %s, %s; %.1f us per token, at "
                     "most %.1f s of work per call; ready in %.1f s", model["modelName"], device,
                     self.predictor.runtime.precision, self.predictor.encoding,
-                    self.predictor.temperature, self.scheduler.seconds_per_token * 1e6,
+                    self.predictor.calibration.describe(), self.scheduler.seconds_per_token * 1e6,
                     self.scheduler.max_call_seconds, time.perf_counter() - started)
         self.initialized = True
 

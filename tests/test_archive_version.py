@@ -117,6 +117,10 @@ def test_card_renders_calibration_and_short_reviews_when_present():
     assert "## Short reviews" in card and "accuracy 77.50 %" in card
     assert "| sarcasm | 60 | 45.00 % |" in card
     assert "| negative | 900 | 100 |" in card
+    by_length = {**FULL, "calibration": {**FULL["calibration"], "short_temperature": 1.0812,
+                                         "short_tokens": 64}}
+    card = model_card.render(by_length, version="abc123def456")
+    assert "T = 1.0812 for texts of at most 64 tokens and T = 1.3512 for longer ones" in card
 
 
 def test_card_of_an_older_run_leaves_out_what_it_lacks():

@@ -1,18 +1,21 @@
-"""The fitted temperature travels run -> archive -> handler: TorchServe answers the calibrated
-probabilities `training.evaluate` computes, and `min_confidence` turns low-confidence answers
+"""The fitted temperatures travel run -> archive -> handler: TorchServe answers the calibrated
+probabilities `training.evaluate` computes, each text divided by the temperature of its length,
+and `min_confidence` turns low-confidence answers
 into "uncertain" (probabilities still given)."""
 import json
 import shutil
 
 import pytest
 import requests
+import torch
 import yaml
 
 from harness.server import running
 from tests.conftest import NEGATIVE, POSITIVE, REPO, long_reviews
 
 pytestmark = pytest.mark.serve
-TEMPERATURE = 2.5
+# long texts 2.5, texts of at most 8 tokens ([CLS] + 6 words + [SEP]) 0.7
+CALIBRATION = {"temperature": 2.5, "short_temperature": 0.7, "short_tokens": 8}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def calibrated(tiny_run, tmp_path_factory):
     from training.evaluate import score_texts
     run = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    (run / "calibration.json").write_text(json.dumps({"temperature": TEMPERATURE}))
+    (run / "calibration.json").write_text(json.dumps(CALIBRATION))
     # plus texts from all negative to all positive words: a tiny model that saturates (CI's gave
     # every review the same confidence to 1e-4) still answers these with confidences apart
     mixed = [" ".join(POSITIVE[:k] + NEGATIVE[k:]) for k in range(len(POSITIVE) + 1)]
@@ -34,11 +37,18 @@ def calibrated(tiny_run, tmp_path_factory):
     model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run).eval())
     tokenizer = AutoTokenizer.from_pretrained(run)
     encoding = EncodingSettings.load(run)
-    temperature = Calibration.load(run).temperature
-    assert temperature == TEMPERATURE
-    offline = score_texts(model, tokenizer, texts, encoding, temperature=temperature)
+    calibration = Calibration.load(run)
+    assert (calibration.temperature, calibration.short_temperature) == (2.5, 0.7)
+    offline = score_texts(model, tokenizer, texts, encoding, calibration)
     uncalibrated = score_texts(model, tokenizer, texts, encoding)
-    assert (offline - uncalibrated).abs().max() > 1e-3  # the temperature changes the answer
+    # each text by the temperature of its length: softmax(log p / T) = softmax(logits / T)
+    lengths = [len(tokenizer(text, truncation=True, max_length=encoding.max_length)["input_ids"])
+               for text in texts]
+    temperatures = torch.tensor([0.7 if n <= 8 else 2.5 for n in lengths])
+    assert 0 < int((temperatures == 0.7).sum()) < len(texts)  # both kinds of text are here
+    by_hand = (uncalibrated.double().log() / temperatures[:, None].double()).softmax(-1)
+    torch.testing.assert_close(offline.double(), by_hand, atol=1e-5, rtol=0)
+    assert (offline - uncalibrated).abs().max() > 1e-3  # the temperatures change the answer
     # min_confidence in the widest gap between two confidences, with at least two texts on
     # either side: served answers differ from offline ones by 1e-5 at most (the test below),
     # so none can cross it, however close the tiny model's confidences came out

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from handler.calibration import Calibration
 from training.calibration import (brier, calibration_report, ece_if_calibrated,
-                                  expected_calibration_error,
+                                  expected_calibration_error, fit_by_length,
                                   fit_temperature, nll, reliability_bins, reliability_diagram,
                                   softmax)
 
@@ -113,6 +114,41 @@ def test_reliability_diagram_is_written(tmp_path):
     long_logits, long_labels = calibrated(2000, seed=5)
     short_logits, short_labels = calibrated(240, seed=6)
     path = tmp_path / "reliability.png"
-    reliability_diagram(path, {"IMDB validation": (long_logits * 2, long_labels),
-                               "short reviews": (short_logits * 2, short_labels)}, 2.0)
+    per_text = torch.full((240,), 2.0, dtype=torch.float64)
+    reliability_diagram(path, {"IMDB validation": (long_logits * 2, long_labels, 2.0),
+                               "short reviews": (short_logits * 2, short_labels, per_text)})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_short_and_long_texts_get_their_own_temperatures():
+    """Short texts over-confident (T = 3), long ones under-confident (T = 0.8): each side's
+    temperature is recovered, and served by length."""
+    short_logits, short_labels = calibrated(20_000, seed=7)
+    long_logits, long_labels = calibrated(20_000, seed=8)
+    logits = torch.cat([short_logits * 3, long_logits * 0.8])
+    labels = torch.cat([short_labels, long_labels])
+    lengths = torch.cat([torch.randint(3, 65, (20_000,)), torch.randint(65, 257, (20_000,))])
+    long, short = fit_by_length(logits, labels, lengths, 64)
+    assert short == pytest.approx(3.0, rel=0.05) and long == pytest.approx(0.8, rel=0.05)
+    calibration = Calibration(long, short, 64)
+    temperatures = calibration.temperatures(lengths)
+    assert torch.equal(temperatures == short, lengths <= 64)
+    report = calibration_report(logits, labels, temperatures)
+    assert report["after"]["ece"] < 0.02 < report["before"]["ece"]
+    assert report["temperature"] == pytest.approx(sorted([long, short]))
+    # one temperature where a side has too few texts to fit on
+    few = torch.cat([lengths[:50], lengths[20_000:]])
+    one, none = fit_by_length(torch.cat([logits[:50], logits[20_000:]]),
+                              torch.cat([labels[:50], labels[20_000:]]), few, 64)
+    assert none is None and one == pytest.approx(0.8, rel=0.1)
+
+
+def test_a_calibration_file_round_trips_and_an_old_one_serves_one_temperature(tmp_path):
+    Calibration(0.9, 1.3, 64, "held-out texts", 2000).save(tmp_path)
+    loaded = Calibration.load(tmp_path)
+    assert loaded == Calibration(0.9, 1.3, 64, "held-out texts", 2000)
+    assert loaded.temperatures([10, 64, 65, 256]).tolist() == pytest.approx([1.3, 1.3, 0.9, 0.9])
+    (tmp_path / "calibration.json").write_text('{"temperature": 1.7}')  # before the length split
+    assert Calibration.load(tmp_path).temperatures([10, 256]).tolist() == pytest.approx([1.7, 1.7])
+    Calibration.remove(tmp_path)
+    assert Calibration.load(tmp_path).temperatures([10]).tolist() == [1.0]

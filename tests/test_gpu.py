@@ -83,7 +83,7 @@ def offline_fp32(run_dir: Path, texts: list[str]) -> list[float]:
     model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run_dir).eval())
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     probabilities = score_texts(model, tokenizer, texts, EncodingSettings.load(run_dir),
-                                temperature=Calibration.load(run_dir).temperature)
+                                Calibration.load(run_dir))
     return probabilities[:, 1].tolist()
 
 

@@ -204,12 +204,12 @@ def test_stock_config_serves_int8_through_torchserve(int8_run, tmp_path):
     mar = archive([str(int8_run), "--model-store", str(tmp_path / "store")])
     batch = texts(24, seed=2)
     tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
-    temperature = Calibration.load(int8_run).temperature
+    calibration = Calibration.load(int8_run)
     fp32 = score_texts(TorchRuntime(AutoModelForSequenceClassification.from_pretrained(
-        int8_run).eval()), tokenizer, batch, encoding, temperature=temperature)
+        int8_run).eval()), tokenizer, batch, encoding, calibration)
     auto = OpenVINOModel.load(int8_run, AutoConfig.from_pretrained(int8_run), threads=1,
                               precision="auto", tokenizer=tokenizer)
-    offline = score_texts(auto, tokenizer, batch, encoding, temperature=temperature)
+    offline = score_texts(auto, tokenizer, batch, encoding, calibration)
     got, log = predict_once(mar, batch, tmp_path / "ts")
     expected = "bf16" if native_bf16() else "int8"
     assert f"OpenVINO {ov.__version__}: {expected} inference precision" in log

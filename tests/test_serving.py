@@ -68,7 +68,7 @@ def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(
     assert all(len(tokenizer(text)["input_ids"]) > 40 for text in texts)
     served = post(torchserve, json.dumps({"texts": texts}), JSON).json()
     offline = score_texts(model, tokenizer, texts, encoding,
-                          temperature=Calibration.load(tiny_run).temperature).tolist()
+                          Calibration.load(tiny_run)).tolist()
     assert [a["probabilities"]["positive"] for a in served] == pytest.approx(
         [p[1] for p in offline], abs=1e-5)
     log = torchserve.log("model_log")

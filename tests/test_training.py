@@ -5,6 +5,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.conftest import REPO
@@ -95,6 +96,26 @@ def test_attention_dropout_reaches_distilbert_in_both_presets(tiny_base_model, r
     full = parse_args(["--preset", "full"]).attention_dropout
     _, model = load_base(str(path), full)
     assert full == 0.0 and model.distilbert.transformer.layer[0].attention.dropout.p == 0.0
+
+
+def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model, reviews_dir,
+                                                                tmp_path):
+    """--freeze-word-embeddings trains everything but the word-embedding matrix: it leaves the
+    run exactly as the base model had it, while the rest (position embeddings included) moves."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import train_tiny
+    from training.train import load_base
+    metrics = train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8",
+                         "--epochs", "2", "--freeze-word-embeddings")
+    assert metrics["freeze_word_embeddings"] is True
+    _, base = load_base(str(tiny_base_model), 0.0)
+    trained = load_file(tmp_path / "run" / "model.safetensors")
+    before = base.state_dict()
+    name = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(trained[name], before[name])
+    moved = "bert.embeddings.position_embeddings.weight"
+    assert not torch.equal(trained[moved], before[moved])
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):

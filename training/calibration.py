@@ -14,6 +14,7 @@ import math
 import torch
 
 ECE_BINS = 15
+MIN_BUCKET = 100  # texts a temperature is fitted on at least, per length
 
 
 def _tensors(scores, labels, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +65,25 @@ def fit_temperature(logits, labels, max_iter: int = 200) -> float:
     return temperature
 
 
-def softmax(logits, temperature: float = 1.0) -> torch.Tensor:
+def softmax(logits, temperature=1.0) -> torch.Tensor:
+    """softmax(logits / temperature): one temperature, or one per row (samples,)."""
+    temperature = torch.as_tensor(temperature, dtype=torch.float64)
+    if temperature.ndim == 1:
+        temperature = temperature[:, None]
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1)
+
+
+def fit_by_length(logits, labels, lengths, short_tokens: int,
+                  min_samples: int = MIN_BUCKET) -> tuple[float, float | None]:
+    """(temperature of texts longer than `short_tokens` tokens, temperature of the others), each
+    fitted on its own texts; (one temperature over all, None) when either side has fewer than
+    `min_samples` texts to fit on."""
+    logits, labels = _tensors(logits, labels, "logits")
+    short = torch.as_tensor(lengths) <= short_tokens
+    if min(int(short.sum()), int((~short).sum())) < min_samples:
+        return fit_temperature(logits, labels), None
+    return (fit_temperature(logits[~short], labels[~short]),
+            fit_temperature(logits[short], labels[short]))
 
 
 def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
@@ -142,20 +160,25 @@ def scores(probs, labels, bins: int = ECE_BINS) -> dict:
             "brier": brier(probs, labels), "accuracy": accuracy(probs, labels)}
 
 
-def calibration_report(logits, labels, temperature: float, bins: int = ECE_BINS) -> dict:
-    """ECE, NLL, Brier and accuracy of softmax(logits) and of softmax(logits / temperature)."""
+def calibration_report(logits, labels, temperature, bins: int = ECE_BINS) -> dict:
+    """ECE, NLL, Brier and accuracy of softmax(logits) and of softmax(logits / temperature),
+    with one temperature or one per sample (its "temperature": the distinct ones applied)."""
     logits, labels = _tensors(logits, labels, "logits")
-    if not temperature > 0:
+    temperatures = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1)
+    if not (temperatures > 0).all():
         raise ValueError(f"temperature must be > 0, got {temperature}")
     after = softmax(logits, temperature)
-    return {"temperature": temperature, "samples": len(labels), "ece_bins": bins,
+    applied = sorted(set(temperatures.tolist()))
+    return {"temperature": applied[0] if len(applied) == 1 else applied,
+            "samples": len(labels), "ece_bins": bins,
             "before": scores(softmax(logits), labels, bins),
             "after": scores(after, labels, bins),
             "ece_if_calibrated": ece_if_calibrated(after, bins)}
 
 
-def reliability_diagram(path, panels: dict, temperature: float, bins: int = ECE_BINS) -> None:
-    """One column per panel name -> (logits, labels): top, accuracy against confidence per bin
+def reliability_diagram(path, panels: dict, bins: int = ECE_BINS) -> None:
+    """One column per panel name -> (logits, labels, temperatures: one or one per sample): top,
+    accuracy against confidence per bin
     before and after scaling (the diagonal is perfect calibration); bottom, samples per bin."""
     import matplotlib
     matplotlib.use("Agg")
@@ -166,12 +189,13 @@ def reliability_diagram(path, panels: dict, temperature: float, bins: int = ECE_
     fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 6.5), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     width = 1 / bins
-    for column, (name, (logits, labels)) in enumerate(panels.items()):
+    for column, (name, (logits, labels, temperature)) in enumerate(panels.items()):
         curve, counts = axes[0][column], axes[1][column]
         curve.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
+        applied = sorted(set(torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).tolist()))
+        after = "after (T=" + " / ".join(f"{t:.2f}" for t in applied) + ")"
         for offset, (label, t, color) in enumerate([("before", 1.0, "tab:red"),
-                                                    (f"after (T={temperature:.2f})", temperature,
-                                                     "tab:blue")]):
+                                                    (after, temperature, "tab:blue")]):
             probs = softmax(logits, t)
             rows = reliability_bins(probs, labels, bins)
             filled = [row for row in rows if row["count"]]

@@ -1,5 +1,5 @@
 """Score an exported run directory on a data split with the serving encode + inference path,
-including the run's temperature (calibration.json), so the probabilities are the served ones.
+including the run's temperatures (calibration.json), so the probabilities are the served ones.
 
     python -m training.evaluate --model runs/quick --data ../shared/data/imdb --split validation
     python -m training.evaluate --model runs/quick --data data/short_reviews.jsonl
@@ -14,6 +14,7 @@ it: `validation` is the 872 sentences the training report gives beside IMDB.
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -89,19 +90,21 @@ def accuracy_by_kind(kinds: list[str], labels: list[int], predictions: list[int]
             for kind, hits in sorted(groups.items())}
 
 
-def score_texts(runtime, tokenizer, texts: list[str], encoding, temperature: float = 1.0,
+def score_texts(runtime, tokenizer, texts: list[str], encoding, calibration=None,
                 chunk: int = 256) -> torch.Tensor:
     """Probabilities for every text, computed exactly as the handler computes them, with a
     runtime from handler/runtime.py (or `TorchRuntime(model)` for a model in memory)."""
     from handler.encoding import encode_reviews
     from handler.inference import score
     from handler.settings import HandlerSettings
+    from handler.calibration import Calibration
     serving = HandlerSettings()
+    calibration = calibration or Calibration()  # none: the model's own probabilities
     parts = []
     for start in range(0, len(texts), chunk):
         encoded = encode_reviews(tokenizer, texts[start:start + chunk], encoding)
         parts.append(score(runtime, encoded, tokenizer.pad_token_id, serving.token_budget,
-                           serving.micro_batch_size, serving.pad_to_multiple_of, temperature))
+                           serving.micro_batch_size, serving.pad_to_multiple_of, calibration))
     return torch.cat(parts)
 
 
@@ -136,13 +139,13 @@ def main(argv=None) -> dict:
     from handler.encoding import EncodingSettings
     from handler.runtime import load_runtime
     encoding = EncodingSettings.serving(args.model, args.max_length)
-    temperature = Calibration.load(args.model).temperature
+    calibration = Calibration.load(args.model)
 
     # on the GPU when there is one, as the handler serves it there
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runtime = load_runtime(args.model, device, args.precision)
     started = time.perf_counter()
-    probabilities = score_texts(runtime, tokenizer, dataset["text"], encoding, temperature)
+    probabilities = score_texts(runtime, tokenizer, dataset["text"], encoding, calibration)
     elapsed = time.perf_counter() - started
     labels = torch.tensor(dataset["label"])
     predictions = probabilities.argmax(-1).tolist()
@@ -153,11 +156,11 @@ def main(argv=None) -> dict:
         metrics["accuracy_by_kind"] = accuracy_by_kind(dataset["kind"], labels.tolist(),
                                                        predictions)
     from training.calibration import ECE_BINS, ece_if_calibrated, scores
-    metrics["calibration"] = {"temperature": temperature, "ece_bins": ECE_BINS,
+    metrics["calibration"] = {**asdict(calibration), "ece_bins": ECE_BINS,
                               **scores(probabilities, labels),
                               "ece_if_calibrated": ece_if_calibrated(probabilities)}
     metrics.update({"split": split, "samples": len(dataset), "data_source": data,
-                    "max_length": encoding.max_length, "temperature": temperature,
+                    "max_length": encoding.max_length,
                     "inference_precision": args.precision, "device": str(device),
                     "reviews_per_s": round(len(dataset) / elapsed, 1)})
     output = args.output or args.model / f"eval-{split}.json"

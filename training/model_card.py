@@ -115,11 +115,15 @@ def calibration_section(calibration) -> list[str]:
     if not isinstance(calibration, dict):
         return []
     lines = ["## Calibration", ""]
-    temperature = calibration.get("temperature")
-    if isinstance(temperature, (int, float)):
+    temperature, short = calibration.get("temperature"), calibration.get("short_temperature")
+    fitted_on = f", fitted on {calibration['fitted_on']}." if calibration.get("fitted_on") else "."
+    if isinstance(temperature, (int, float)) and isinstance(short, (int, float)):
+        lines.append(f"Probabilities are softmax(logits / T), with T = {short:.4f} for texts of "
+                     f"at most {calibration.get('short_tokens')} tokens and T = "
+                     f"{temperature:.4f} for longer ones" + fitted_on)
+    elif isinstance(temperature, (int, float)):
         lines.append(f"Probabilities are softmax(logits / T) with temperature T = "
-                     f"{temperature:.4f}" + (f", fitted on {calibration['fitted_on']}."
-                                             if calibration.get("fitted_on") else "."))
+                     f"{temperature:.4f}" + fitted_on)
     panels = [(name, calibration[key]) for key, name in
               (("validation", "IMDB validation"), ("sst2_validation", "SST-2 validation"),
                ("short_reviews", "short reviews"))

@@ -1,12 +1,12 @@
 """Fine-tune a BERT-family encoder on IMDB with the HF Trainer and export a run directory:
 model.safetensors, config.json (id2label), tokenizer files, encoding.json, calibration.json
-(the fitted temperature), metrics.json, curves.png and reliability.png.
+(the fitted temperatures), metrics.json, curves.png and reliability.png.
 
 Training reviews may be mixed with short excerpts of themselves (`--augment`, training/augment.py)
 and with labelled short texts (`--short-data`, SST-2's phrases and sentences, training/data.py).
-After training, a temperature is fitted on held-out reviews never trained on nor reported, plus
-their excerpts and held-out SST-2 train phrases, so it sees long and short texts
-(training/calibration.py); metrics.json reports accuracy and calibration before/after on the
+After training, two temperatures are fitted on held-out texts never trained on nor reported, one
+for one-line texts (held-out SST-2 train phrases) and one for long ones (held-out reviews), split
+by length in tokens (handler/calibration.py, training/calibration.py); metrics.json reports accuracy and calibration before/after on the
 validation carve, on SST-2 validation and on the hand-written short reviews.
 
     python -m training --preset quick --data ../shared/data/imdb --output-dir runs/quick
@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
-from training.calibration import calibration_report, fit_temperature, nll, reliability_diagram
+from handler.calibration import SHORT_TOKENS, Calibration
+from training.calibration import (MIN_BUCKET, calibration_report, fit_by_length, nll,
+                                  reliability_diagram)
 from training.data import (DEFAULT_DATA, DEFAULT_SHORT_DATA, NO_SHORT_DATA, SHORT_DATA_ENV,
                            DataError, LABEL_NAMES, default_short_data, load_reviews,
                            load_short_texts, mix_short, split_short, take)
@@ -29,8 +31,12 @@ from training.quantize import MAX_ACCURACY_DROP, MIN_AGREEMENT
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT_REVIEWS = REPO / "data" / "short_reviews.jsonl"
-# excerpts added to the held-out calibration reviews: served traffic is long and short texts
-CALIBRATION_EXCERPTS = ["last", "window"]
+# excerpts added to the held-out calibration texts: none. An excerpt carries its review's label,
+# not its own, so it asks for a high temperature (1.8 on its own, quick preset, seed 7) that
+# one-line reviews labelled on their own (SST-2 validation: 1.08) do not need: with them the
+# short-text temperature took SST-2 validation's ECE to 0.044, without them 0.029
+# (docs/EXPERIMENTS.md). `--calibration-excerpts last,window` puts them back.
+CALIBRATION_EXCERPTS: list[str] = []
 
 # augment: excerpts of each training review (training/augment.py), cycling through last, first and
 # window. Chosen by measurement on one H100 (docs/EXPERIMENTS.md; 2,000 validation reviews and the 240
@@ -49,13 +55,15 @@ PRESETS = {
     # (docs/EXPERIMENTS.md)
     "quick": dict(max_train_samples=1200, max_eval_samples=2000, max_length=256, epochs=1,
                   learning_rate=5e-5, augment="last,first,window", excerpts_per_review=2.0,
-                  excerpt_reviews=6000, short_samples=20000, short_min_words=3),
+                  excerpt_reviews=6000, short_samples=20000, short_min_words=3,
+                  freeze_word_embeddings=False),
     # the whole train split (minus validation and calibration); 3 minutes on one H100, 79
     # minutes on 2 vCPUs of an Intel Xeon with AVX512-VNNI (fp32), both before SST-2: with all
     # its train phrases of >= 3 words mixed in, it has not been measured yet
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
                  learning_rate=5e-5, augment="last,first,window", excerpts_per_review=6.0,
-                 excerpt_reviews=None, short_samples=None, short_min_words=3),
+                 excerpt_reviews=None, short_samples=None, short_min_words=3,
+                 freeze_word_embeddings=False),
 }
 # Dropout on the attention probabilities, off by default (the base models' own is 0.1): PyTorch's
 # CPU attention runs its fused kernel only without it; with it, it builds every attention matrix
@@ -125,14 +133,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--short-min-words", type=int,
                         help="leave out shorter SST phrases (1-2 words are mostly neutral)")
     parser.add_argument("--short-calibration-size", type=int, default=1000,
-                        help="held-out short-corpus train phrases added to the temperature fit")
+                        help="held-out short-corpus train phrases the short-text temperature "
+                             "is fitted on")
     parser.add_argument("--calibration-size", type=int, default=1000,
-                        help="held-out train reviews (plus their excerpts) the temperature is "
-                             "fitted on; 0 = no temperature")
-    parser.add_argument("--calibration-excerpts", default=",".join(CALIBRATION_EXCERPTS),
+                        help="held-out train reviews the long-text temperature is fitted on; "
+                             "0 = no temperature")
+    parser.add_argument("--calibration-excerpts", default=",".join(CALIBRATION_EXCERPTS) or "none",
                         help="excerpt kinds added to the calibration reviews, or 'none'")
     parser.add_argument("--short-reviews", type=Path, default=SHORT_REVIEWS,
                         help="hand-written short reviews reported in metrics.json")
+    parser.add_argument("--freeze-word-embeddings", action=argparse.BooleanOptionalAction,
+                        help="train everything but the word-embedding matrix (quick: on; full: "
+                             "off): a third less time per step on short texts, on the CPU")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 on GPUs and CPUs that support it, else fp16 / fp32")
@@ -298,12 +310,12 @@ def excerpt_sources(train_set, spare, count: int | None):
 
 
 def fit_calibration(logits_of, reviews, source: str, seed: int,
-                    kinds: list[str] = CALIBRATION_EXCERPTS, short=None) -> dict:
-    """The temperature fitted on held-out `reviews` plus one excerpt of each in `kinds` and the
-    held-out `short` texts (long and short texts, as served), or 1 when there are no reviews.
-    `logits_of(dataset)` scores a dataset."""
+                    kinds: list[str] = CALIBRATION_EXCERPTS, short=None) -> Calibration:
+    """The temperatures fitted on held-out `reviews`, one excerpt of each in `kinds` and the
+    held-out `short` texts, split by length (handler/calibration.py), or none (temperature 1)
+    when there are no reviews. `logits_of(dataset)` scores a dataset: (logits, labels, lengths)."""
     if reviews is None:
-        return {"temperature": 1.0, "fitted_on": source}
+        return Calibration(fitted_on=source)
     from datasets import concatenate_datasets
     texts = reviews.select_columns(["text", "label"])
     if kinds:
@@ -313,19 +325,20 @@ def fit_calibration(logits_of, reviews, source: str, seed: int,
     if short is not None and len(short):
         texts = concatenate_datasets([texts, short.select_columns(["text", "label"])])
         source += f", and {len(short)} short-corpus train phrases left out of training"
-    logits, labels = logits_of(texts)
-    return {"temperature": fit_temperature(logits, labels), "fitted_on": source,
-            "samples": len(texts)}
+    logits, labels, lengths = logits_of(texts)
+    long, short_temperature = fit_by_length(logits, labels, lengths, SHORT_TOKENS)
+    if short_temperature is None:
+        source += f" (one temperature: fewer than {MIN_BUCKET} texts on one side of " \
+                  f"{SHORT_TOKENS} tokens)"
+    return Calibration(long, short_temperature, SHORT_TOKENS, source, len(texts))
 
 
-def write_calibration(output_dir: Path, calibration: dict) -> None:
+def write_calibration(output_dir: Path, calibration: Calibration) -> None:
     """calibration.json for the archive and the handler; a stale one goes when none was fitted."""
-    from handler.calibration import Calibration
-    if "samples" not in calibration:
+    if not calibration.samples:
         Calibration.remove(output_dir)
         return
-    Calibration(calibration["temperature"], calibration["fitted_on"],
-                calibration["samples"]).save(output_dir)
+    calibration.save(output_dir)
 
 
 def load_short_corpus(args, fit_temperature: bool):
@@ -427,6 +440,8 @@ def main(argv=None) -> dict:
     tokenizer, model = load_base(base_model, args.attention_dropout)
     key = attention_dropout_key(model.config)
     attention_dropout = getattr(model.config, key) if key else None  # as trained, for metrics
+    if args.freeze_word_embeddings:  # the Trainer's optimizer skips what needs no gradient
+        model.get_input_embeddings().weight.requires_grad_(False)
     encoding = EncodingSettings(max_length=args.max_length)
 
     def encode(batch):
@@ -488,12 +503,14 @@ def main(argv=None) -> dict:
 
     serving = TorchRuntime(trainer.model)  # fp32, on the device it trained on
 
-    def logits_of(dataset):
+    def logits_of(dataset):  # (logits, labels, lengths in tokens as served)
         probabilities = score_texts(serving, tokenizer, dataset["text"], encoding)
-        return probabilities.double().clamp_min(1e-300).log(), torch.tensor(dataset["label"])
+        lengths = [len(ids) for ids in encode_reviews(tokenizer, dataset["text"], encoding)["input_ids"]]
+        return (probabilities.double().clamp_min(1e-300).log(), torch.tensor(dataset["label"]),
+                torch.tensor(lengths))
 
     panels = {"IMDB validation": logits_of(eval_set)}
-    val_logits, val_labels = panels["IMDB validation"]
+    val_logits, val_labels, _ = panels["IMDB validation"]
     evaluation = classification_metrics(val_labels.tolist(), val_logits.argmax(-1).tolist())
     evaluation["eval_loss"] = nll(val_logits.exp(), val_labels)
     calibration = fit_calibration(logits_of, calibration_set, calibration_source, args.seed,
@@ -508,19 +525,22 @@ def main(argv=None) -> dict:
     short_report = None
     if short_set is not None:
         panels["short reviews"] = logits_of(short_set)
-        short_report = short_review_report(short_set, *panels["short reviews"], args.short_reviews)
+        short_report = short_review_report(short_set, *panels["short reviews"][:2],
+                                           args.short_reviews)
     report_names = {"IMDB validation": "validation", "SST-2 validation": "sst2_validation",
                     "short reviews": "short_reviews"}
-    calibration.update({report_names[name]: calibration_report(logits, labels,
-                                                               calibration["temperature"])
-                        for name, (logits, labels) in panels.items()})
+    # each panel's texts with the temperatures serving gives them (by their lengths)
+    panels = {name: (logits, labels, calibration.temperatures(lengths))
+              for name, (logits, labels, lengths) in panels.items()}
+    calibration_reports = {report_names[name]: calibration_report(*panel)
+                           for name, panel in panels.items()}
 
     trainer.save_model(str(output_dir))  # model.safetensors + config.json (with id2label)
     tokenizer.save_pretrained(str(output_dir))
     encoding.save(output_dir)  # serving reads these back from the archive: no train/serve skew
-    write_calibration(output_dir, calibration)  # the temperature travels with them
+    write_calibration(output_dir, calibration)  # the temperatures travel with them
     plot_curves(trainer.state.log_history, output_dir / "curves.png")
-    reliability_diagram(output_dir / "reliability.png", panels, calibration["temperature"])
+    reliability_diagram(output_dir / "reliability.png", panels)
 
     from training import quantize
     int8 = None
@@ -550,6 +570,7 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "attention_dropout": attention_dropout,
+        "freeze_word_embeddings": args.freeze_word_embeddings,
         "mixed_precision": precision,
         "optimizer": OPTIMIZER,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -561,7 +582,7 @@ def main(argv=None) -> dict:
         "split_sizes": {"train": len(train_set), "validation": len(eval_set)},
         "augmentation": augmentation,
         "short_data": short_info,
-        "calibration": calibration,
+        "calibration": {**asdict(calibration), **calibration_reports},
         "sst2_validation": sst2_report,
         "short_reviews": short_report,
         "int8": int8,
@@ -574,11 +595,10 @@ def main(argv=None) -> dict:
     if sst2_report:
         print(f"SST-2 validation: accuracy {sst2_report['accuracy']:.4f} on "
               f"{sst2_report['samples']} sentences", flush=True)
-    for name in ("validation", "sst2_validation", "short_reviews"):
-        if name in calibration:
-            before, after = calibration[name]["before"], calibration[name]["after"]
-            print(f"{name}: ECE {before['ece']:.3f} -> {after['ece']:.3f} at temperature "
-                  f"{calibration['temperature']:.3f}", flush=True)
+    print(f"calibration: {calibration.describe()}", flush=True)
+    for name, report in calibration_reports.items():
+        print(f"{name}: ECE {report['before']['ece']:.3f} -> {report['after']['ece']:.3f}",
+              flush=True)
     if short_report:
         print(f"short reviews: accuracy {short_report['accuracy']:.3f} " + ", ".join(
             f"{kind} {row['accuracy']:.2f}" for kind, row in short_report.get("by_kind", {}).items()),
