@@ -105,7 +105,9 @@ def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model,
     from safetensors.torch import load_file
 
     from tests.conftest import train_tiny
-    from training.train import load_base
+    from training.train import load_base, parse_args
+    assert parse_args([]).freeze_word_embeddings is True  # the quick preset
+    assert parse_args(["--preset", "full"]).freeze_word_embeddings is False
     metrics = train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8",
                          "--epochs", "2", "--freeze-word-embeddings")
     assert metrics["freeze_word_embeddings"] is True
