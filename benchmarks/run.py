@@ -102,11 +102,12 @@ def shipped_default(run_dir: Path) -> str:
         return handler.get("cpu_precision", "fp32")
     import openvino
 
+    from handler.cpus import native_int8
     from handler.openvino_runtime import INT8_IR_FILE, resolve_precision
     computes = resolve_precision(
         handler.get("cpu_precision", "auto"),
         openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
-        (Path(run_dir) / INT8_IR_FILE).is_file())
+        (Path(run_dir) / INT8_IR_FILE).is_file(), native_int8())
     return "openvino-int8" if computes == "int8" else "openvino"
 
 
@@ -293,14 +294,14 @@ def run_benchmark(args) -> dict:
     concurrency = TARGET_CONCURRENCY if TARGET_CONCURRENCY in args.concurrency \
         else max(args.concurrency)
     default = f"ts-{args.precision}"
-    for workload in workloads.values():
+    for name, workload in workloads.items():
         workload["ratios"] = ratios(workload, concurrency)
         if default in workload["systems"] and "seed" in workload["systems"]:
             best = best_inprocess(workload)  # the limit is the best runtime, not the default one
             workload["targets"] = {"system": default, "limit": best, "checks": check_targets(
                 workload["systems"][default], workload["systems"]["seed"],
                 workload["inprocess"].get(best), TARGET_CONCURRENCY,
-                workload["systems"][default]["cold_start_s"])}
+                workload["systems"][default]["cold_start_s"], name)}
     result["wall_time_s"] = round(time.monotonic() - started, 1)
     return result
 

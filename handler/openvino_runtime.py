@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from handler.cpus import native_int8
+
 logger = logging.getLogger(__name__)
 
 IR_FILE = "openvino_model.xml"
@@ -59,10 +61,13 @@ def save_ir(model, tokenizer, directory) -> Path:
     return path
 
 
-def resolve_precision(requested: str, capabilities: list[str], has_int8: bool) -> str:
+def resolve_precision(requested: str, capabilities: list[str], has_int8: bool,
+                      fast_int8: bool) -> str:
     """What to compute in, "bf16", "int8" or "f32", for a cpu_precision: auto is bf16 where
-    native, else int8 where the archive has the int8 model, else f32; bf16 asked for on a CPU
-    without it is f32; int8 asked for without the int8 model is an error."""
+    native, else int8 where the archive has the int8 model and the CPU has int8 dot products
+    (`fast_int8`: handler/cpus.py native_int8; without them int8 is slower than f32), else f32;
+    bf16 asked for on a CPU without it is f32; int8 asked for without the int8 model is an
+    error."""
     if requested not in PRECISIONS:
         raise ValueError(f"cpu_precision {requested!r} is not available with cpu_runtime "
                          f"openvino (choose {', '.join(PRECISIONS)}, or cpu_runtime torch)")
@@ -72,7 +77,7 @@ def resolve_precision(requested: str, capabilities: list[str], has_int8: bool) -
                                 "and archive it again")
     if requested in ("auto", "bf16") and "BF16" in capabilities:
         return "bf16"
-    if requested == "int8" or (requested == "auto" and has_int8):
+    if requested == "int8" or (requested == "auto" and has_int8 and fast_int8):
         return "int8"
     return "f32"
 
@@ -103,7 +108,7 @@ class OpenVINOModel:
         started = time.perf_counter()
         int8_ir = Path(model_dir) / INT8_IR_FILE
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        computes = resolve_precision(precision, capabilities, int8_ir.is_file())
+        computes = resolve_precision(precision, capabilities, int8_ir.is_file(), native_int8())
         properties = {
             # int8 model: the operations left unquantized (softmax, layer norm...) in f32
             "INFERENCE_PRECISION_HINT": "bf16" if computes == "bf16" else "f32",

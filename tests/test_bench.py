@@ -77,7 +77,7 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
     assert isinstance(result["machine"]["cpu_flags"], list)
     table = (out / "bench.md").read_text()
     for workload, measured in result["workloads"].items():
-        check_workload(measured, table)
+        check_workload(measured, table, workload)
         assert f"### {workload}: {measured['source']}, {measured['texts']} texts" in table
 
     # accuracy of what was served (fp32 the reference), not of precisions nobody benchmarked
@@ -86,7 +86,7 @@ def test_quick_benchmark_run_end_to_end(tiny_run, reviews_dir, tmp_path):
     assert (out / "bench.png").stat().st_size > 0
 
 
-def check_workload(result: dict, table: str) -> None:
+def check_workload(result: dict, table: str, workload: str) -> None:
     """One workload's report: its levels, CPU per request by process, ratios and target
     verdicts follow from what it measured, and the markdown shows them."""
     systems, limits = result["systems"], result["inprocess"]
@@ -132,20 +132,25 @@ def check_workload(result: dict, table: str) -> None:
     assert targets["system"] == "ts-fp32"
     assert targets["limit"] == best
     checks = {check["target"].split(" @")[0]: check for check in targets["checks"]}
-    assert set(checks) == {"throughput vs seed", "throughput vs in-process limit",
-                           "p99 vs seed p99", "idle p50 vs in-process batch-1 + 10 ms",
-                           "cold start (start to first prediction)"}
+    long = workload == "long"  # one-line reviews have no seed-throughput goal
+    assert set(checks) == {"throughput vs in-process limit", "p99 vs seed p99",
+                           "idle p50 vs in-process batch-1 + 8 ms",
+                           "cold start (start to first prediction)"} | (
+        {"throughput vs seed"} if long else set())
+    assert checks["throughput vs in-process limit"]["goal"] == (">= 0.85" if long else ">= 0.6")
     for check in checks.values():
         assert check["value"] is not None and check["met"] == goal_met(check["value"],
                                                                        check["goal"]), check
     served = systems["ts-fp32"]
-    assert checks["throughput vs seed"]["value"] == pytest.approx(
-        ratios["systems"]["ts-fp32"]["vs_seed"], abs=1e-3)
+    if long:
+        assert checks["throughput vs seed"]["value"] == pytest.approx(
+            ratios["systems"]["ts-fp32"]["vs_seed"], abs=1e-3)
+        assert checks["throughput vs seed"]["goal"] == ">= 1.3"
     assert checks["throughput vs in-process limit"]["value"] == pytest.approx(
         served["levels"][1]["reviews_per_s"] / limits[targets["limit"]]["best_reviews_per_s"],
         abs=1e-3)
     assert checks["p99 vs seed p99"]["goal"] == f"<= {seed['p99_ms']}"
-    assert checks["idle p50 vs in-process batch-1 + 10 ms"]["value"] == \
+    assert checks["idle p50 vs in-process batch-1 + 8 ms"]["value"] == \
         served["levels"][0]["p50_ms"]
     assert checks["cold start (start to first prediction)"]["value"] == served["cold_start_s"]
 

@@ -2,6 +2,8 @@
 fake cgroup tree laid out like the kernel's (and like Docker's and Kubernetes')."""
 import os
 
+import pytest
+
 from handler.cpus import cgroup_cpu_quota, usable_cpus
 
 
@@ -67,3 +69,20 @@ def test_cgroup_v1_quota(tmp_path):
 
 def test_no_cgroup_information_falls_back_to_the_affinity_mask(tmp_path):
     assert usable_cpus(tmp_path / "none", tmp_path / "missing") == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("flags,bf16,int8", [
+    ("fpu sse2 avx avx2 fma", False, False),                                  # AMD EPYC, AVX2 only
+    ("avx2 avx512f avx512bw avx512_vnni", False, True),                       # Intel Xeon, VNNI
+    ("avx2 avx512f avx512_vnni avx512_bf16", True, True),                     # AMD EPYC, AVX512-BF16
+    ("avx2 avx_vnni", False, True),                                           # AVX-VNNI without AVX-512
+    ("avx2 amx_bf16 amx_int8 amx_tile", True, True),                          # Sapphire Rapids
+])
+def test_native_bf16_and_int8_come_from_the_cpu_flags(tmp_path, flags, bf16, int8):
+    """What `cpu_precision: auto` may pick on each CPU kind we meet: bf16 only in hardware, the
+    int8 model only with int8 dot products (on AVX2 alone it is slower than f32)."""
+    from handler.cpus import native_bf16, native_int8
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert (native_bf16(cpuinfo), native_int8(cpuinfo)) == (bf16, int8)
+    assert native_int8(tmp_path / "missing") is False

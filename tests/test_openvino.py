@@ -88,18 +88,22 @@ def test_converted_at_load_without_ir_matches_the_ir(tiny_run, tiny_model, ir_di
 
 def test_bf16_hint_only_where_the_cpu_has_it(tiny_model, ir_dir):
     from handler.openvino_runtime import resolve_precision
-    assert resolve_precision("bf16", ["FP32", "INT8"], has_int8=False) == "f32"
-    assert resolve_precision("bf16", ["FP32", "BF16"], has_int8=False) == "bf16"
-    assert resolve_precision("fp32", ["FP32", "BF16"], has_int8=True) == "f32"
-    # auto: native bf16 first, then the archive's int8 model, then f32
-    assert resolve_precision("auto", ["FP32", "BF16"], has_int8=True) == "bf16"
-    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=True) == "int8"
-    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=False) == "f32"
-    assert resolve_precision("int8", ["FP32", "BF16"], has_int8=True) == "int8"
+    fast = dict(fast_int8=True)
+    assert resolve_precision("bf16", ["FP32", "INT8"], has_int8=False, **fast) == "f32"
+    assert resolve_precision("bf16", ["FP32", "BF16"], has_int8=False, **fast) == "bf16"
+    assert resolve_precision("fp32", ["FP32", "BF16"], has_int8=True, **fast) == "f32"
+    # auto: native bf16 first, then the archive's int8 model where the CPU has int8 dot
+    # products (VNNI/AMX: without them int8 is slower than f32), then f32
+    assert resolve_precision("auto", ["FP32", "BF16"], has_int8=True, **fast) == "bf16"
+    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=True, **fast) == "int8"
+    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=True, fast_int8=False) == "f32"
+    assert resolve_precision("auto", ["FP32", "INT8"], has_int8=False, **fast) == "f32"
+    assert resolve_precision("int8", ["FP32", "BF16"], has_int8=True, **fast) == "int8"
+    assert resolve_precision("int8", ["FP32", "INT8"], has_int8=True, fast_int8=False) == "int8"
     with pytest.raises(FileNotFoundError, match="training.quantize"):
-        resolve_precision("int8", ["FP32"], has_int8=False)
+        resolve_precision("int8", ["FP32"], has_int8=False, **fast)
     with pytest.raises(ValueError, match="cpu_runtime torch"):
-        resolve_precision("fp16", ["FP32"], has_int8=False)
+        resolve_precision("fp16", ["FP32"], has_int8=False, **fast)
     model, tokenizer, encoding = tiny_model
     runtime = load(ir_dir, model.config, precision="bf16")
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")

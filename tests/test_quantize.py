@@ -24,6 +24,11 @@ def native_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def native_int8() -> bool:
+    from handler.cpus import native_int8 as has_int8_dot_products
+    return has_int8_dot_products()
+
+
 @pytest.fixture(scope="module")
 def int8_run(tiny_run, reviews_dir, tmp_path_factory):
     """A copy of the tiny run quantized with the CLI a user runs on an existing run (agreement
@@ -144,7 +149,7 @@ def test_runtime_serves_int8_close_to_fp32(int8_run):
     assert int8.precision == "int8"
     # with native bf16 `auto` serves the f32 model in bf16: the run has no f32 IR, so it converts
     auto = OpenVINOModel.load(int8_run, config, threads=1, precision="auto", tokenizer=tokenizer)
-    assert auto.precision == ("bf16" if native_bf16() else "int8")
+    assert auto.precision == ("bf16" if native_bf16() else "int8" if native_int8() else "f32")
     got = score_texts(int8, tokenizer, texts(), encoding)
     assert got.shape == reference.shape
     # on average: a text the tiny model leaves near its decision boundary moves most
@@ -211,7 +216,7 @@ def test_stock_config_serves_int8_through_torchserve(int8_run, tmp_path):
                               precision="auto", tokenizer=tokenizer)
     offline = score_texts(auto, tokenizer, batch, encoding, calibration)
     got, log = predict_once(mar, batch, tmp_path / "ts")
-    expected = "bf16" if native_bf16() else "int8"
+    expected = "bf16" if native_bf16() else "int8" if native_int8() else "f32"
     assert f"OpenVINO {ov.__version__}: {expected} inference precision" in log
     served = torch.tensor([answer["probabilities"]["positive"] for answer in got])
     # (one offline thread against the worker's: bf16 sums in another order round otherwise)
@@ -236,7 +241,8 @@ def test_benchmark_default_is_what_the_handler_serves(int8_run, reviews_dir, tmp
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((output / "bench.json").read_text())["settings"]["default_precision"]
 
-    assert benchmarked(int8_run) == ("openvino" if native_bf16() else "openvino-int8")
+    assert benchmarked(int8_run) == ("openvino-int8" if native_int8() and not native_bf16()
+                                     else "openvino")
     assert benchmarked(without_int8) == "openvino"
 
 
