@@ -17,6 +17,12 @@ CALIBRATION_FILE = "calibration.json"
 SHORT_TOKENS = 64  # a one-line review is ~10-50 tokens, an IMDB review ~100-256
 
 
+def short_texts(lengths, short_tokens: int = SHORT_TOKENS) -> torch.Tensor:
+    """Which texts get the short-text temperature: those of at most `short_tokens` tokens. The
+    one rule for serving (Calibration.temperatures) and fitting (training/calibration.py)."""
+    return torch.as_tensor(lengths) <= short_tokens
+
+
 @dataclass(frozen=True)
 class Calibration:
     temperature: float = 1.0               # 1: no calibration (a run fitted none)
@@ -31,7 +37,7 @@ class Calibration:
         long = torch.full(lengths.shape, self.temperature, dtype=torch.float32)
         if self.short_temperature is None:
             return long
-        return torch.where(lengths <= self.short_tokens,
+        return torch.where(short_texts(lengths, self.short_tokens),
                            torch.tensor(self.short_temperature, dtype=torch.float32), long)
 
     def describe(self) -> str:

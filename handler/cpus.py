@@ -70,15 +70,19 @@ def usable_cpus(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup") -> int:
     return max(1, cpus)
 
 
+def cpu_flags(cpuinfo="/proc/cpuinfo") -> set[str]:
+    """The words of /proc/cpuinfo (its flags among them); empty where it cannot be read."""
+    try:
+        return set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return set()
+
+
 def native_bf16(cpuinfo="/proc/cpuinfo") -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it oneDNN
     emulates bf16 and is slower than fp32 (measured: 2.4x slower on an AVX-512 Xeon without
     AVX512-BF16, 2.5x faster on an AMD EPYC with it)."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
 
 
 def native_int8(cpuinfo="/proc/cpuinfo") -> bool:
@@ -86,11 +90,7 @@ def native_int8(cpuinfo="/proc/cpuinfo") -> bool:
     them OpenVINO's int8 model is slower than its f32 one: on an AMD EPYC with AVX2 only, 25.7
     against 27.9 IMDB reviews/s and 155 against 183 one-line reviews/s in process; with
     AVX512-VNNI (Intel Xeon) int8 served 1.84x f32 (docs/PERFORMANCE.md)."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return bool(cpu_flags(cpuinfo) & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def auto_cpu_precision(cpuinfo="/proc/cpuinfo") -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.calibration import Calibration
+from handler.calibration import Calibration, short_texts
 from training.calibration import (brier, calibration_report, ece_if_calibrated,
                                   expected_calibration_error, fit_by_length,
                                   fit_temperature, nll, reliability_bins, reliability_diagram,
@@ -128,7 +128,7 @@ def test_short_and_long_texts_get_their_own_temperatures():
     logits = torch.cat([short_logits * 3, long_logits * 0.8])
     labels = torch.cat([short_labels, long_labels])
     lengths = torch.cat([torch.randint(3, 65, (20_000,)), torch.randint(65, 257, (20_000,))])
-    long, short = fit_by_length(logits, labels, lengths, 64)
+    long, short = fit_by_length(logits, labels, short_texts(lengths, 64))
     assert short == pytest.approx(3.0, rel=0.05) and long == pytest.approx(0.8, rel=0.05)
     calibration = Calibration(long, short, 64)
     temperatures = calibration.temperatures(lengths)
@@ -139,7 +139,7 @@ def test_short_and_long_texts_get_their_own_temperatures():
     # one temperature where a side has too few texts to fit on
     few = torch.cat([lengths[:50], lengths[20_000:]])
     one, none = fit_by_length(torch.cat([logits[:50], logits[20_000:]]),
-                              torch.cat([labels[:50], labels[20_000:]]), few, 64)
+                              torch.cat([labels[:50], labels[20_000:]]), short_texts(few, 64))
     assert none is None and one == pytest.approx(0.8, rel=0.1)
 
 

@@ -73,13 +73,13 @@ def softmax(logits, temperature=1.0) -> torch.Tensor:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1)
 
 
-def fit_by_length(logits, labels, lengths, short_tokens: int,
+def fit_by_length(logits, labels, short,
                   min_samples: int = MIN_BUCKET) -> tuple[float, float | None]:
-    """(temperature of texts longer than `short_tokens` tokens, temperature of the others), each
-    fitted on its own texts; (one temperature over all, None) when either side has fewer than
-    `min_samples` texts to fit on."""
+    """(temperature of the long texts, temperature of the `short` ones: a mask,
+    handler/calibration.py short_texts), each fitted on its own texts; (one temperature over
+    all, None) when either side has fewer than `min_samples` texts to fit on."""
     logits, labels = _tensors(logits, labels, "logits")
-    short = torch.as_tensor(lengths) <= short_tokens
+    short = torch.as_tensor(short, dtype=torch.bool)
     if min(int(short.sum()), int((~short).sum())) < min_samples:
         return fit_temperature(logits, labels), None
     return (fit_temperature(logits[~short], labels[~short]),
@@ -160,16 +160,20 @@ def scores(probs, labels, bins: int = ECE_BINS) -> dict:
             "brier": brier(probs, labels), "accuracy": accuracy(probs, labels)}
 
 
+def applied(temperature) -> list[float]:
+    """The distinct temperatures of one temperature or one per sample, ascending."""
+    return sorted(set(torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).tolist()))
+
+
 def calibration_report(logits, labels, temperature, bins: int = ECE_BINS) -> dict:
     """ECE, NLL, Brier and accuracy of softmax(logits) and of softmax(logits / temperature),
     with one temperature or one per sample (its "temperature": the distinct ones applied)."""
     logits, labels = _tensors(logits, labels, "logits")
-    temperatures = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1)
-    if not (temperatures > 0).all():
+    distinct = applied(temperature)
+    if not distinct[0] > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     after = softmax(logits, temperature)
-    applied = sorted(set(temperatures.tolist()))
-    return {"temperature": applied[0] if len(applied) == 1 else applied,
+    return {"temperature": distinct[0] if len(distinct) == 1 else distinct,
             "samples": len(labels), "ece_bins": bins,
             "before": scores(softmax(logits), labels, bins),
             "after": scores(after, labels, bins),
@@ -192,8 +196,7 @@ def reliability_diagram(path, panels: dict, bins: int = ECE_BINS) -> None:
     for column, (name, (logits, labels, temperature)) in enumerate(panels.items()):
         curve, counts = axes[0][column], axes[1][column]
         curve.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
-        applied = sorted(set(torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).tolist()))
-        after = "after (T=" + " / ".join(f"{t:.2f}" for t in applied) + ")"
+        after = "after (T=" + " / ".join(f"{t:.2f}" for t in applied(temperature)) + ")"
         for offset, (label, t, color) in enumerate([("before", 1.0, "tab:red"),
                                                     (after, temperature, "tab:blue")]):
             probs = softmax(logits, t)

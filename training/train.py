@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from training.augment import add_excerpts, describe, make_excerpts, parse_kinds
-from handler.calibration import SHORT_TOKENS, Calibration
+from handler.calibration import SHORT_TOKENS, Calibration, short_texts
 from training.calibration import (MIN_BUCKET, calibration_report, fit_by_length, nll,
                                   reliability_diagram)
 from training.data import (DEFAULT_DATA, DEFAULT_SHORT_DATA, NO_SHORT_DATA, SHORT_DATA_ENV,
@@ -324,7 +324,7 @@ def fit_calibration(logits_of, reviews, source: str, seed: int,
         texts = concatenate_datasets([texts, short.select_columns(["text", "label"])])
         source += f", and {len(short)} short-corpus train phrases left out of training"
     logits, labels, lengths = logits_of(texts)
-    long, short_temperature = fit_by_length(logits, labels, lengths, SHORT_TOKENS)
+    long, short_temperature = fit_by_length(logits, labels, short_texts(lengths, SHORT_TOKENS))
     if short_temperature is None:
         source += f" (one temperature: fewer than {MIN_BUCKET} texts on one side of " \
                   f"{SHORT_TOKENS} tokens)"
