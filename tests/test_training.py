@@ -120,6 +120,31 @@ def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model,
     assert not torch.equal(trained[moved], before[moved])
 
 
+def test_frozen_layers_stay_as_the_base_model_had_them(tiny_base_model, reviews_dir, tmp_path):
+    """--freeze-layers N leaves every embedding and the bottom N encoder layers as the base
+    model had them, while the layers above move; more layers than the encoder has is an error."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import train_tiny
+    from training.train import freeze_bottom, load_base, parse_args
+    assert parse_args([]).freeze_layers == 0 == parse_args(["--preset", "full"]).freeze_layers
+    metrics = train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8",
+                         "--epochs", "2", "--freeze-layers", "1")
+    assert metrics["freeze_layers"] == 1
+    _, base = load_base(str(tiny_base_model), 0.0)
+    before = base.state_dict()
+    trained = load_file(tmp_path / "run" / "model.safetensors")
+    frozen = [name for name in before
+              if name.startswith(("bert.embeddings.", "bert.encoder.layer.0."))]
+    assert len(frozen) > 10
+    assert all(torch.equal(trained[name], before[name]) for name in frozen)
+    moved = "bert.encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(trained[moved], before[moved])
+    layers = len(base.bert.encoder.layer)
+    with pytest.raises(SystemExit, match=f"{layers} layers"):
+        freeze_bottom(base, layers + 1)
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):
     from tests.conftest import train_tiny
     output = tmp_path / "resumed"
