@@ -41,7 +41,7 @@ up:  ## build and start the service with docker-compose (first run trains the qu
 	while [ "$$(docker inspect -f '{{.State.Running}}' $$cid)" = true ]; do \
 	  line=$$(docker logs --tail 20 $$cid 2>&1 | tr '\r' '\n' | sed -nE \
 	    -e 's/^(model-init: .*)/\1/p' \
-	    -e 's/^ *[0-9]+%\|[^|]*\| *([0-9]+\/[0-9]+) \[([0-9:]+)<([0-9:?]+).*/model-init: training step \1, \2 elapsed, about \3 to go/p' \
+	    -e 's/^training: (.*)/model-init: training: \1/p' \
 	    | tail -n 1); \
 	  [ -z "$$line" ] || [ "$$line" = "$$last" ] || echo "$$line"; last=$$line; sleep 10; \
 	done; \

@@ -95,7 +95,8 @@ if [ "$preset" = quick ]; then
     log "  - or, with no archive in the store: MODEL_INIT_PRESET=full docker-compose run --rm model-init"
 fi
 start=$(date +%s)
-# progress bars (steps, elapsed, ETA) every 10 s rather than at every step: `make up` shows them
+# its output is no terminal here: training prints `training: step ...` lines (steps, elapsed,
+# ETA), which `make up` shows, and its progress bars every 10 s rather than at every step
 export TQDM_MININTERVAL="${TQDM_MININTERVAL:-10}"
 as_app python -m training "$@" --output-dir "$work/run"
 log "training done in $(( $(date +%s) - start ))s; archiving"

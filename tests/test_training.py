@@ -145,6 +145,27 @@ def test_frozen_layers_stay_as_the_base_model_had_them(tiny_base_model, reviews_
         freeze_bottom(base, layers + 1)
 
 
+def test_training_prints_progress_lines_that_make_up_shows(tiny_base_model, reviews_dir,
+                                                          tmp_path, capsys):
+    """Where output is no terminal (model-init's docker logs), training prints one plain line per
+    progress report, and the Makefile's `up` target turns it into a model-init line."""
+    import re
+
+    from tests.conftest import train_tiny
+    train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8", "--epochs", "1")
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("training: step ")]
+    assert lines[0].startswith("training: step 1/12 (8 %), 0:"), lines  # 96 reviews / batch 8
+    assert re.fullmatch(r"training: step 12/12 \(100 %\), \d+:\d\d elapsed, about 0:00 to go",
+                        lines[-1]), lines
+    assert len(lines) == 2  # 30 s between reports: the tiny run takes less
+    assert "training: steps done in " in out
+    up = re.search(r"-e '(s/\^training: [^']*)'", (REPO / "Makefile").read_text()).group(1)
+    shown = subprocess.run(["sed", "-nE", up], input=out, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert shown[1] == "model-init: " + lines[-1]
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_base_model, reviews_dir, tmp_path):
     from tests.conftest import train_tiny
     output = tmp_path / "resumed"

@@ -78,6 +78,10 @@ CURVE_EVAL_REVIEWS = 200  # validation reviews the Trainer evaluates after a one
 # one fused kernel per parameter group and step instead of a loop of small ones (on a GPU the
 # launches add up); transformers' own default with torch >= 2.8, pinned here on purpose
 OPTIMIZER = "adamw_torch_fused"
+# where output is not a terminal (docker logs, a CI log, a file), tqdm's bar never ends a line,
+# so it never shows: a plain `training: step ...` line at the first and last step and every
+# PROGRESS_EVERY_S seconds between (what `make up` shows while model-init trains)
+PROGRESS_EVERY_S = 30.0
 
 
 def default_base_model() -> str:
@@ -255,6 +259,36 @@ def freeze_bottom(model, layers: int) -> None:
                          f"{'no layer list' if blocks is None else f'{len(blocks)} layers'}")
     for module in [base.embeddings, *blocks[:layers]]:
         module.requires_grad_(False)
+
+
+def progress_lines(every_s: float = PROGRESS_EVERY_S):
+    """A Trainer callback that prints `training: step N/M (P %), M:SS elapsed, about M:SS to go`
+    lines, one line each, at the first and last step and every `every_s` seconds."""
+    from transformers import TrainerCallback
+
+    def clock(seconds: float) -> str:
+        minutes, seconds = divmod(int(round(seconds)), 60)
+        return f"{minutes}:{seconds:02d}"
+
+    class ProgressLines(TrainerCallback):
+        started = last = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.first_step = time.perf_counter(), state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            done, total = state.global_step, state.max_steps
+            if self.last is not None and now - self.last < every_s and done < total:
+                return
+            self.last = now
+            elapsed = now - self.started
+            rate = elapsed / max(1, done - self.first_step)
+            print(f"training: step {done}/{total} ({100 * done // max(1, total)} %), "
+                  f"{clock(elapsed)} elapsed, about {clock(rate * (total - done))} to go",
+                  flush=True)
+
+    return ProgressLines()
 
 
 def plot_curves(log_history: list[dict], path: Path) -> None:
@@ -509,6 +543,7 @@ def main(argv=None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda pred: classification_metrics(pred.label_ids,
                                                             pred.predictions.argmax(-1)),
+        callbacks=[] if sys.stdout.isatty() else [progress_lines()],
     )
     resume = get_last_checkpoint(training_args.output_dir) if args.resume else None
     if args.resume:
@@ -516,6 +551,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_time = time.perf_counter() - started
+    print(f"training: steps done in {train_time:.0f} s; scoring the report sets and fitting "
+          "the temperatures", flush=True)
 
     # The final scores come from the serving path (training.evaluate's, fp32), in input order
     # (the Trainer's evaluation reorders by length); log-probabilities serve as logits.
@@ -565,6 +602,7 @@ def main(argv=None) -> dict:
     from training import quantize
     int8 = None
     if args.int8:  # activation statistics from held-out reviews, checked on validation
+        print("training: quantizing to int8 and checking it on validation", flush=True)
         statistics_from = take(calibration_set if calibration_set is not None else train_set,
                                quantize.CALIBRATION_REVIEWS, args.seed)
         int8 = quantize.quantize_run(
