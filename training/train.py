@@ -82,6 +82,7 @@ OPTIMIZER = "adamw_torch_fused"
 # so it never shows: a plain `training: step ...` line at the first and last step and every
 # PROGRESS_EVERY_S seconds between (what `make up` shows while model-init trains)
 PROGRESS_EVERY_S = 30.0
+ETA_AFTER_STEPS = 10
 
 
 def default_base_model() -> str:
@@ -263,7 +264,8 @@ def freeze_bottom(model, layers: int) -> None:
 
 def progress_lines(every_s: float = PROGRESS_EVERY_S):
     """A Trainer callback that prints `training: step N/M (P %), M:SS elapsed, about M:SS to go`
-    lines, one line each, at the first and last step and every `every_s` seconds."""
+    lines at the first and last step and every `every_s` seconds (no estimate before
+    ETA_AFTER_STEPS steps)."""
     from transformers import TrainerCallback
 
     def clock(seconds: float) -> str:
@@ -282,11 +284,11 @@ def progress_lines(every_s: float = PROGRESS_EVERY_S):
             if self.last is not None and now - self.last < every_s and done < total:
                 return
             self.last = now
-            elapsed = now - self.started
-            rate = elapsed / max(1, done - self.first_step)
+            elapsed, steps = now - self.started, done - self.first_step
+            eta = f", about {clock(elapsed / steps * (total - done))} to go" \
+                if steps >= ETA_AFTER_STEPS or done == total else ""  # the first steps warm up
             print(f"training: step {done}/{total} ({100 * done // max(1, total)} %), "
-                  f"{clock(elapsed)} elapsed, about {clock(rate * (total - done))} to go",
-                  flush=True)
+                  f"{clock(elapsed)} elapsed{eta}", flush=True)
 
     return ProgressLines()
 
