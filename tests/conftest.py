@@ -76,13 +76,15 @@ def reviews_dir(tmp_path_factory) -> Path:
 
 
 def train_tiny(base_model: Path, data: Path, output: Path, *extra: str) -> dict:
-    """The tiny BERT trained on `data`; no short-text corpus unless `extra` names one. Its word
-    embeddings train (the quick preset freezes them): a random model has none worth keeping."""
+    """The tiny BERT trained on `data`; no short-text corpus unless `extra` names one. Its
+    embeddings and bottom layer train (the quick preset freezes them): a random model has
+    nothing worth keeping."""
     from training.train import main
     return main(["--base-model", str(base_model), "--data", str(data), "--output-dir",
                  str(output), "--max-length", "32", "--epochs", "8", "--batch-size", "8",
                  "--learning-rate", "3e-3", "--validation-size", "24", "--precision", "fp32",
-                 "--short-data", "none", "--no-freeze-word-embeddings", *extra])
+                 "--short-data", "none", "--no-freeze-word-embeddings", "--freeze-layers", "0",
+                 *extra])
 
 
 @pytest.fixture(scope="session")
