@@ -90,12 +90,44 @@ def test_attention_dropout_reaches_distilbert_in_both_presets(tiny_base_model, r
     assert metrics["attention_dropout"] == 0.0
     trained = json.loads((tmp_path / "run" / "config.json").read_text())
     assert trained["attention_dropout"] == 0.0 and "attention_probs_dropout_prob" not in trained
-    _, model = load_base(str(path), 0.2)
+    _, model = load_base(str(path), 0.2, 0.0)
     assert model.distilbert.transformer.layer[0].attention.dropout.p == 0.2
+    assert model.distilbert.transformer.layer[0].ffn.dropout.p == 0.0 and model.dropout.p == 0.0
 
     full = parse_args(["--preset", "full"]).attention_dropout
     _, model = load_base(str(path), full)
     assert full == 0.0 and model.distilbert.transformer.layer[0].attention.dropout.p == 0.0
+
+
+def test_hidden_dropout_is_off_in_quick_and_the_base_models_own_in_full(tiny_run,
+                                                                         tiny_base_model):
+    """The quick preset (what make up trains) trains without dropout on the hidden states and the
+    classifier's input, and says so in metrics.json; the full preset keeps the base model's own;
+    --hidden-dropout reaches every dropout module but the attention's."""
+    from transformers import BertConfig
+
+    from training.train import load_base, parse_args
+    trained = json.loads((tiny_run / "config.json").read_text())
+    assert trained["hidden_dropout_prob"] == 0.0 and trained["classifier_dropout"] == 0.0
+    assert json.loads((tiny_run / "metrics.json").read_text())["hidden_dropout"] == 0.0
+    own = BertConfig.from_pretrained(tiny_base_model).hidden_dropout_prob
+    assert own > 0
+    full = parse_args(["--preset", "full"]).hidden_dropout
+    _, model = load_base(str(tiny_base_model), 0.0, full)
+    assert model.dropout.p == own and model.bert.encoder.layer[0].output.dropout.p == own
+    asked = parse_args(["--hidden-dropout", "0.3"]).hidden_dropout
+    _, model = load_base(str(tiny_base_model), 0.0, asked)
+    ps = {module.p for name, module in model.named_modules()
+          if isinstance(module, torch.nn.Dropout) and ".attention.self." not in name}
+    assert ps == {0.3}
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1"])
+def test_hidden_dropout_out_of_range_is_a_usage_error(value, capsys):
+    from training.train import parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--hidden-dropout", value])
+    assert exit_info.value.code == 2 and "--hidden-dropout" in capsys.readouterr().err
 
 
 def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model, reviews_dir,

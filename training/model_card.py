@@ -84,6 +84,7 @@ def training_section(metrics: dict) -> list[str]:
             ("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("learning rate", metrics.get("learning_rate")),
             ("attention dropout", metrics.get("attention_dropout")),
+            ("hidden dropout", metrics.get("hidden_dropout")),
             ("precision", metrics.get("mixed_precision")), ("device", metrics.get("device")),
             ("seed", metrics.get("seed")), ("train time", metrics.get("train_time_s") and
                                              f"{metrics['train_time_s']} s")]

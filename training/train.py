@@ -46,24 +46,24 @@ CALIBRATION_EXCERPTS: list[str] = []
 PRESETS = {
     # what `make up` trains on first start: 1,200 reviews, 3,500 excerpts cut from 6,000 reviews
     # and 30,000 SST-2 phrases of >= 3 words, one epoch, every embedding and the bottom encoder
-    # layer frozen (no backward pass through them). Sized to <= 10 min of fp32 training on 2
-    # cores of an AMD EPYC with AVX2 only (no AVX-512): 566 s / 589 s there (seeds 7 / 42), which
-    # scored IMDB validation 0.891 / 0.8895, SST-2 validation 0.884 / 0.885, short reviews
-    # 0.821 / 0.858 (make up, seed 42: 575 s, 0.887 / 0.8865 / 0.854). With only the word
-    # embeddings frozen (the recipe before) seed 42 took 645 s in make up and 741 s natively, at
-    # the same scores. Keeping the 1-2 word SST phrases lifted IMDB and cost SST-2 on both seeds
-    # (docs/EXPERIMENTS.md)
+    # layer frozen (no backward pass through them), no hidden-state dropout. Sized to <= 10 min
+    # of fp32 training on 2 cores of an AMD EPYC with AVX2 only (no AVX-512): 491 s / 499 s there
+    # (seeds 7 / 42), which scored IMDB validation 0.891 / 0.8885, SST-2 validation 0.893 /
+    # 0.896, short reviews 0.829 / 0.829. With dropout 0.1 (the recipe before) the same data took
+    # 566 s / 589 s for 0.891 / 0.8895, 0.884 / 0.885, 0.821 / 0.858. More reviews or excerpts
+    # lifted IMDB and cost SST-2; keeping the 1-2 word SST phrases lifted IMDB and cost SST-2 on
+    # both seeds (docs/EXPERIMENTS.md)
     "quick": dict(max_train_samples=1200, max_eval_samples=2000, max_length=256, epochs=1,
                   learning_rate=5e-5, augment="last,first,window", excerpts_per_review=3.0,
                   excerpt_reviews=6000, short_samples=30000, short_min_words=3,
-                  freeze_word_embeddings=True, freeze_layers=1),
+                  freeze_word_embeddings=True, freeze_layers=1, hidden_dropout=0.0),
     # the whole train split (minus validation and calibration); 3 minutes on one H100, 79
     # minutes on 2 vCPUs of an Intel Xeon with AVX512-VNNI (fp32), both before SST-2: with all
     # its train phrases of >= 3 words mixed in, it has not been measured yet
     "full": dict(max_train_samples=None, max_eval_samples=None, max_length=256, epochs=1,
                  learning_rate=5e-5, augment="last,first,window", excerpts_per_review=6.0,
                  excerpt_reviews=None, short_samples=None, short_min_words=3,
-                 freeze_word_embeddings=False, freeze_layers=0),
+                 freeze_word_embeddings=False, freeze_layers=0, hidden_dropout=None),
 }
 # Dropout on the attention probabilities, off by default (the base models' own is 0.1): PyTorch's
 # CPU attention runs its fused kernel only without it; with it, it builds every attention matrix
@@ -73,6 +73,11 @@ PRESETS = {
 # (BERT, RoBERTa, MiniLM, ELECTRA) and DistilBERT's call it.
 ATTENTION_DROPOUT = 0.0
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+# Dropout on the hidden states and the classifier's input (--hidden-dropout; None: the base
+# model's own, 0.1 for MiniLM): what BERT-style configs and DistilBERT call it. The quick preset
+# turns it off: one epoch sees each text once, and the random masks cost ~10 % of a CPU step.
+HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "classifier_dropout",
+                       "seq_classif_dropout")
 # reviews per optimizer step unless --batch-size says otherwise: a GPU has the memory and is
 # faster per review with larger batches; on the CPU 16 is as fast per review and steps more often
 CPU_BATCH_SIZE, GPU_BATCH_SIZE = 16, 32
@@ -114,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attention-dropout", type=float, default=ATTENTION_DROPOUT,
                         help="dropout on the attention probabilities (the base models' own is "
                              "0.1; off, it trains 1.8x faster on a CPU)")
+    parser.add_argument("--hidden-dropout", type=float,
+                        help="dropout on the hidden states and the classifier's input (quick: 0; "
+                             "full: the base model's own, 0.1)")
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--validation-size", type=int, default=2000,
@@ -202,6 +210,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--short-min-words must be >= 1")
     if not 0 <= args.attention_dropout < 1:
         parser.error("--attention-dropout must be >= 0 and < 1")
+    if args.hidden_dropout is not None and not 0 <= args.hidden_dropout < 1:
+        parser.error("--hidden-dropout must be >= 0 and < 1")
     return args
 
 
@@ -229,8 +239,9 @@ def attention_dropout_key(config) -> str | None:
     return next((key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), None)
 
 
-def load_base(name: str, attention_dropout: float):
-    """Tokenizer and classifier from the base model, with attention_dropout where it has one."""
+def load_base(name: str, attention_dropout: float, hidden_dropout: float | None = None):
+    """Tokenizer and classifier from the base model, with attention_dropout where it has one and
+    hidden_dropout (None: the base model's own) on every hidden-state dropout it has."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -244,6 +255,10 @@ def load_base(name: str, attention_dropout: float):
                   flush=True)
         else:
             setattr(config, key, attention_dropout)
+        if hidden_dropout is not None:
+            for key in HIDDEN_DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, hidden_dropout)
         model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load base model {name!r}: {err}")
@@ -493,9 +508,11 @@ def main(argv=None) -> dict:
           f"({args.short_data}), validating on {len(eval_set)} reviews; "
           f"calibration: {calibration_source}", flush=True)
 
-    tokenizer, model = load_base(base_model, args.attention_dropout)
+    tokenizer, model = load_base(base_model, args.attention_dropout, args.hidden_dropout)
     key = attention_dropout_key(model.config)
     attention_dropout = getattr(model.config, key) if key else None  # as trained, for metrics
+    hidden_dropout = next((getattr(model.config, key) for key in HIDDEN_DROPOUT_KEYS
+                           if hasattr(model.config, key)), None)
     if args.freeze_word_embeddings:  # the Trainer's optimizer skips what needs no gradient
         model.get_input_embeddings().weight.requires_grad_(False)
     if args.freeze_layers:
@@ -632,6 +649,7 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "attention_dropout": attention_dropout,
+        "hidden_dropout": hidden_dropout,
         "freeze_word_embeddings": args.freeze_word_embeddings,
         "freeze_layers": args.freeze_layers,
         "mixed_precision": precision,
