@@ -53,19 +53,26 @@ def long_reviews(count: int, seed: int) -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="session")
-def tiny_base_model(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32) with a 40-word WordPiece vocab."""
+def tiny_bert(path: Path) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with a 40-word WordPiece vocab, saved
+    to `path`."""
+    import torch
     from transformers import BertConfig, BertModel, BertTokenizer
-    path = tmp_path_factory.mktemp("tiny-bert")
     vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list("abcdefghijklmnopqrstuvwxyz.,!?")
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
+    with torch.random.fork_rng():  # the same weights whichever tests drew random numbers first
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

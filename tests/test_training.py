@@ -8,11 +8,25 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_bert
 
 METRIC_FIELDS = {"accuracy", "f1", "precision", "recall", "confusion_matrix", "eval_loss",
                  "train_time_s", "train_samples_per_s", "base_model", "max_length", "preset",
                  "data_source", "split_sizes", "seed", "library_versions", "validation_split"}
+
+
+def test_the_tiny_base_is_the_same_whatever_ran_before(tmp_path):
+    """The tests' trained figures depend on the base's random weights: they must not depend on
+    which tests drew random numbers first (CI once ran the SST test on another draw)."""
+    from safetensors.torch import load_file
+    torch.manual_seed(1)
+    first = load_file(tiny_bert(tmp_path / "first") / "model.safetensors")
+    after_first = torch.rand(3)
+    second = load_file(tiny_bert(tmp_path / "second") / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    torch.manual_seed(1)  # and it leaves the caller's random stream where it was
+    assert torch.equal(torch.rand(3), after_first)
 
 
 def test_training_loss_goes_down(tiny_run):

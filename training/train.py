@@ -234,9 +234,15 @@ def check_output_dir(path: Path) -> None:
         raise SystemExit(f"error: output directory {path} is not writable: {err}")
 
 
-def attention_dropout_key(config) -> str | None:
-    """The config's name for dropout on the attention probabilities, if it has one."""
-    return next((key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), None)
+def config_key(config, keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` (one setting's names across model families) that the config has."""
+    return next((key for key in keys if hasattr(config, key)), None)
+
+
+def config_value(config, keys: tuple[str, ...]):
+    """That setting's value in the config, None where it has none of the names."""
+    key = config_key(config, keys)
+    return getattr(config, key) if key else None
 
 
 def load_base(name: str, attention_dropout: float, hidden_dropout: float | None = None):
@@ -248,7 +254,7 @@ def load_base(name: str, attention_dropout: float, hidden_dropout: float | None 
         config = AutoConfig.from_pretrained(
             name, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
             label2id={label: i for i, label in enumerate(LABEL_NAMES)})
-        key = attention_dropout_key(config)
+        key = config_key(config, ATTENTION_DROPOUT_KEYS)
         if key is None:
             print(f"note: base model {name!r} has no attention dropout setting "
                   f"({' or '.join(ATTENTION_DROPOUT_KEYS)}); --attention-dropout does not apply",
@@ -509,10 +515,8 @@ def main(argv=None) -> dict:
           f"calibration: {calibration_source}", flush=True)
 
     tokenizer, model = load_base(base_model, args.attention_dropout, args.hidden_dropout)
-    key = attention_dropout_key(model.config)
-    attention_dropout = getattr(model.config, key) if key else None  # as trained, for metrics
-    hidden_dropout = next((getattr(model.config, key) for key in HIDDEN_DROPOUT_KEYS
-                           if hasattr(model.config, key)), None)
+    attention_dropout = config_value(model.config, ATTENTION_DROPOUT_KEYS)  # as trained
+    hidden_dropout = config_value(model.config, HIDDEN_DROPOUT_KEYS)
     if args.freeze_word_embeddings:  # the Trainer's optimizer skips what needs no gradient
         model.get_input_embeddings().weight.requires_grad_(False)
     if args.freeze_layers:
