@@ -92,6 +92,27 @@ def test_the_draw_is_seeded_filtered_and_holds_out_calibration():
         split_short(pool, 10, 20, min_words=5, seed=5)
 
 
+def test_calibration_holds_out_whole_sentences_and_trains_on_no_part_of_them():
+    """SST's train split holds each sentence and the phrases of its parse tree. Held out must be
+    whole sentences (no phrase contains them, as no trained text contains a validation sentence),
+    and no phrase of theirs may be trained on, whatever its punctuation."""
+    tree = ["the plot is thin, but the acting is superb.", "the plot is thin", "is thin, but",
+            "the acting is superb", "acting is superb", "but the acting is superb."]
+    others = [f"another sentence number {i} here" for i in range(40)]
+    pool = Dataset.from_dict({"text": tree * 1 + others, "label": [1] * len(tree) + [0] * 40})
+    for seed in range(8):
+        train, held_out = split_short(pool, None, 10, min_words=3, seed=seed)
+        held, trained = set(texts(held_out)), set(texts(train))
+        assert len(held) == 10 and not held & trained
+        assert not held & set(tree[1:])  # a phrase inside another is never held out
+        if tree[0] in held:
+            assert not trained & set(tree), seed  # nor any phrase of it trained on
+            break
+    else:
+        pytest.fail("the sentence was never drawn for calibration")
+    assert len(train) == 40 - 9
+
+
 def test_the_mix_is_deterministic_under_a_seed():
     reviews = Dataset.from_dict({"text": [f"review {i}" for i in range(50)],
                                  "label": [i % 2 for i in range(50)], "truncated": [False] * 50})
@@ -125,7 +146,7 @@ def test_tiny_model_trains_on_sst_rows_and_evaluate_reports_the_same_figure(
                          "--no-int8")
     assert metrics["short_data"]["train_texts"] == 40
     assert metrics["short_data"]["calibration_texts"] == 10
-    assert "10 short-corpus train phrases" in metrics["calibration"]["fitted_on"]
+    assert "10 short-corpus train sentences" in metrics["calibration"]["fitted_on"]
     sst2 = metrics["sst2_validation"]
     assert sst2["samples"] == 20 and sst2["accuracy"] >= 0.8  # the cue words carry over
     saved = json.loads((output / "metrics.json").read_text())
@@ -140,4 +161,4 @@ def test_tiny_model_trains_on_sst_rows_and_evaluate_reports_the_same_figure(
 
     card = render(saved)  # the archive's model card carries the figure and its calibration
     assert f"accuracy {100 * sst2['accuracy']:.2f} %" in card
-    assert "| SST-2 validation | 20 |" in card and "10 short-corpus train phrases" in card
+    assert "| SST-2 validation | 20 |" in card and "10 short-corpus train sentences" in card

@@ -5,7 +5,7 @@ model.safetensors, config.json (id2label), tokenizer files, encoding.json, calib
 Training reviews may be mixed with short excerpts of themselves (`--augment`, training/augment.py)
 and with labelled short texts (`--short-data`, SST-2's phrases and sentences, training/data.py).
 After training, two temperatures are fitted on held-out texts never trained on nor reported, one
-for one-line texts (held-out SST-2 train phrases) and one for long ones (held-out reviews), split
+for one-line texts (held-out SST-2 train sentences) and one for long ones (held-out reviews), split
 by length in tokens (handler/calibration.py, training/calibration.py); metrics.json reports accuracy and calibration before/after on the
 validation carve, on SST-2 validation and on the hand-written short reviews.
 
@@ -146,8 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--short-min-words", type=int,
                         help="leave out shorter SST phrases (1-2 words are mostly neutral)")
     parser.add_argument("--short-calibration-size", type=int, default=1000,
-                        help="held-out short-corpus train phrases the short-text temperature "
-                             "is fitted on")
+                        help="short-corpus train sentences held out (none of their phrases "
+                             "trained on) that the short-text temperature is fitted on")
     parser.add_argument("--calibration-size", type=int, default=1000,
                         help="held-out train reviews the long-text temperature is fitted on; "
                              "0 = no temperature")
@@ -401,7 +401,8 @@ def fit_calibration(logits_of, reviews, source: str, seed: int,
         source += f", and {len(pieces)} excerpts of them ({' / '.join(kinds)} sentences)"
     if short is not None and len(short):
         texts = concatenate_datasets([texts, short.select_columns(["text", "label"])])
-        source += f", and {len(short)} short-corpus train phrases left out of training"
+        source += f", and {len(short)} short-corpus train sentences left out of training " \
+                  "with every phrase of theirs"
     logits, labels, lengths = logits_of(texts)
     long, short_temperature = fit_by_length(logits, labels, short_texts(lengths, SHORT_TOKENS))
     if short_temperature is None:
@@ -437,8 +438,9 @@ def load_short_corpus(args, fit_temperature: bool):
             "min_words": args.short_min_words, "calibration_texts": len(held_out),
             "text": "Penn-Treebank tokens rejoined as typed (training.data.normalize_ptb)",
             "drawn": f"phrases of >= {args.short_min_words} words from the train split, "
-                     f"shuffled with seed {args.seed}; the first {len(held_out)} held out for "
-                     "the temperature"}
+                     f"shuffled with seed {args.seed}; the first {len(held_out)} whole "
+                     "sentences (phrases no other contains) held out for the temperature, "
+                     "with every phrase inside them"}
     return train, held_out, corpus.get("validation"), info
 
 
