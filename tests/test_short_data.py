@@ -99,7 +99,7 @@ def test_calibration_holds_out_whole_sentences_and_trains_on_no_part_of_them():
     tree = ["the plot is thin, but the acting is superb.", "the plot is thin", "is thin, but",
             "the acting is superb", "acting is superb", "but the acting is superb."]
     others = [f"another sentence number {i} here" for i in range(40)]
-    pool = Dataset.from_dict({"text": tree * 1 + others, "label": [1] * len(tree) + [0] * 40})
+    pool = Dataset.from_dict({"text": tree + others, "label": [1] * len(tree) + [0] * 40})
     for seed in range(8):
         train, held_out = split_short(pool, None, 10, min_words=3, seed=seed)
         held, trained = set(texts(held_out)), set(texts(train))

@@ -168,16 +168,16 @@ def spans(words: str, min_words: int) -> set[str]:
             for j in range(i + min_words, len(tokens) + 1)}
 
 
-def sentences_first(texts: list[str], wanted: int) -> list[int]:
-    """The indices of the first `wanted` texts that no other text contains: the roots of SST's
-    parse trees, whole sentences like SST-2 validation's."""
-    keys = [f" {words_of(text)} " for text in texts]
+def sentences_first(words: list[str], wanted: int) -> list[int]:
+    """The indices of the first `wanted` phrases (their `words_of`) that no other phrase
+    contains: the roots of SST's parse trees, whole sentences like SST-2 validation's."""
+    keys = [f" {text} " for text in words]
     having = {}  # word -> the phrases with it (an inverted index: who may contain a phrase)
     for i, key in enumerate(keys):
         for word in set(key.split()):
             having.setdefault(word, []).append(i)
     roots = []
-    for i in range(len(texts)):
+    for i in range(len(keys)):
         if len(roots) == wanted:
             break
         rarest = min(set(keys[i].split()), key=lambda word: len(having[word]), default=None)
@@ -202,10 +202,10 @@ def split_short(train, count: int | None, calibration: int, min_words: int, seed
     if len(kept) < 2:
         raise DataError(f"only {len(kept)} short texts have >= {min_words} words")
     kept = kept.shuffle(seed=seed)
-    texts = list(kept["text"])
-    held = sentences_first(texts, min(calibration, len(kept) // 4))
-    inside = set().union(*(spans(words_of(texts[i]), min_words) for i in held))
-    rest = [i for i in range(len(texts)) if words_of(texts[i]) not in inside]
+    words = [words_of(text) for text in kept["text"]]
+    held = sentences_first(words, min(calibration, len(kept) // 4))
+    inside = set().union(*(spans(words[i], min_words) for i in held))
+    rest = [i for i in range(len(words)) if words[i] not in inside]
     end = len(rest) if count is None else min(len(rest), count)
     return kept.select(rest[:end]), kept.select(held)
 
