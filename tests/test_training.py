@@ -144,6 +144,24 @@ def test_hidden_dropout_out_of_range_is_a_usage_error(value, capsys):
     assert exit_info.value.code == 2 and "--hidden-dropout" in capsys.readouterr().err
 
 
+def test_the_same_seed_trains_the_same_model(tiny_base_model, reviews_dir, tmp_path):
+    """--seed decides everything random in a run, the new classifier head's initial weights
+    included: the same seed trains the same weights, whatever the process drew before it; another
+    seed starts from another head."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import train_tiny
+    runs = {}
+    for name, seed, draws in [("a", "3", 1), ("b", "3", 5), ("c", "4", 1)]:
+        torch.rand(draws)  # the process's random stream is somewhere else before each run
+        train_tiny(tiny_base_model, reviews_dir, tmp_path / name, "--no-int8", "--epochs", "1",
+                   "--seed", seed)
+        runs[name] = load_file(tmp_path / name / "model.safetensors")
+    assert runs["a"].keys() == runs["b"].keys()
+    assert all(torch.equal(runs["a"][key], runs["b"][key]) for key in runs["a"])
+    assert not torch.equal(runs["a"]["classifier.weight"], runs["c"]["classifier.weight"])
+
+
 def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model, reviews_dir,
                                                                 tmp_path):
     """--freeze-word-embeddings trains everything but the word-embedding matrix: it leaves the
