@@ -80,16 +80,14 @@ def cpu_flags(cpuinfo="/proc/cpuinfo") -> set[str]:
 
 def native_bf16(cpuinfo="/proc/cpuinfo") -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it oneDNN
-    emulates bf16 and is slower than fp32 (measured: 2.4x slower on an AVX-512 Xeon without
-    AVX512-BF16, 2.5x faster on an AMD EPYC with it)."""
+    emulates bf16, slower than fp32; with it bf16 is faster (measured: docs/PERFORMANCE.md)."""
     return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
 
 
 def native_int8(cpuinfo="/proc/cpuinfo") -> bool:
     """Whether the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX). Without
-    them OpenVINO's int8 model is slower than its f32 one: on an AMD EPYC with AVX2 only, 25.7
-    against 27.9 IMDB reviews/s and 155 against 183 one-line reviews/s in process; with
-    AVX512-VNNI (Intel Xeon) int8 served 1.84x f32 (docs/PERFORMANCE.md)."""
+    them OpenVINO's int8 model is slower than its f32 one, with them faster (measured:
+    docs/PERFORMANCE.md)."""
     return bool(cpu_flags(cpuinfo) & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 

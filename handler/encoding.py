@@ -44,8 +44,8 @@ class EncodingSettings:
 
     @classmethod
     def load(cls, directory) -> "EncodingSettings":
-        """The settings a run directory (or an unpacked archive) was trained with. Runs made
-        before encoding.json existed: max_length from metrics.json, no break normalisation."""
+        """The settings a run directory (or an unpacked archive) was trained with. A run without
+        encoding.json (an older one): max_length from metrics.json, no break normalisation."""
         directory = Path(directory)
         if (directory / SETTINGS_FILE).is_file():
             return cls(**json.loads((directory / SETTINGS_FILE).read_text()))

@@ -5,10 +5,9 @@ order and temperature are shared.
 
 Precision: bf16 only where the CPU computes it natively (OpenVINO lists "BF16" in
 OPTIMIZATION_CAPABILITIES: AVX512-BF16 or AMX): a bf16 hint on a CPU without it runs an
-emulation ~30x slower than f32 (measured on the Intel Xeon with AVX512-VNNI and no AVX512-BF16
-when this runtime was written; the run itself was not kept in docs/). int8 is a second model,
-quantized after training from held-out reviews (training/quantize.py: openvino_model_int8.xml),
-served where asked for or, with `auto`, on a CPU without native bf16; elsewhere f32.
+emulation far slower than f32. int8 is a second model, quantized after training from held-out
+reviews (training/quantize.py: openvino_model_int8.xml), served where asked for or, with `auto`,
+on a CPU without native bf16; elsewhere f32.
 
 The converted model (IR: openvino_model.xml + .bin) is written into the archive by
 training/archive.py when the archive's runtime is openvino; a worker then never loads torch
@@ -54,7 +53,7 @@ def convert(model, tokenizer):
 
 def save_ir(model, tokenizer, directory) -> Path:
     """Convert and write openvino_model.xml/.bin into `directory`. Weights stay f32 (no fp16
-    compression): f32 machines then match torch fp32 to ~1e-5."""
+    compression): f32 machines then match torch fp32 up to float rounding."""
     import openvino as ov
     path = Path(directory) / IR_FILE
     ov.save_model(convert(model, tokenizer), str(path), compress_to_fp16=False)

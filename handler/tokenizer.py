@@ -1,7 +1,7 @@
 """The run's fast tokenizer read from its tokenizer.json with the `tokenizers` library alone, so
-a worker never imports transformers (about 1.9 of the 5.2 CPU-seconds a worker took to start on
-a 2-core AMD EPYC with AVX2 only). It offers the part of a transformers fast tokenizer that
-`encode_reviews` uses and gives the same ids, offsets and word ids (tests/test_encoding.py).
+a worker never imports transformers, a large share of a worker's start. It offers the part of a
+transformers fast tokenizer that `encode_reviews` uses and gives the same ids, offsets and word
+ids (tests/test_encoding.py).
 """
 import json
 from pathlib import Path
