@@ -20,9 +20,9 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
 
     from benchmarks.inprocess import prepare
     from benchmarks.texts import load_split
-    from handler.calibration import Calibration
+    from handler.calibration import load_calibrator
     from handler.encoding import EncodingSettings
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     run = json.loads((Path(run_dir) / "metrics.json").read_text())
     texts, labels = load_split(data, samples, run.get("validation_size", 2000),
                                run.get("seed", 42))
@@ -31,8 +31,8 @@ def evaluate_precisions(run_dir: Path, data: str | None, samples: int,
     for precision in precisions:
         runtime, tokenizer = prepare(run_dir, precision)
         started = time.perf_counter()
-        predicted = score_texts(runtime, tokenizer, texts, encoding,
-                                Calibration.load(run_dir), chunk=64).argmax(-1)
+        predicted = score_texts(runtime, tokenizer, texts, encoding, chunk=64).probabilities(
+            load_calibrator(run_dir)).argmax(-1)
         accuracy = (predicted == torch.tensor(labels)).float().mean().item()
         entry = {"samples": len(texts), "accuracy": round(accuracy, 4),
                  "seconds": round(time.perf_counter() - started, 1)}

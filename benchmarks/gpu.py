@@ -93,9 +93,9 @@ def inprocess_limit(predictor, texts: list[str], batch_sizes, seconds: float) ->
 
 def time_breakdown(predictor, texts: list[str], batch_size: int, batches: int) -> dict:
     """Mean milliseconds per handler call of `batch_size` reviews, split into tokenize
-    (encode_reviews), pad+copy (padding, pinned host-to-device copy), forward (the encoder and
-    softmax) and serialise (device-to-host copy, labels, JSON), with the device synchronized
-    between steps. The same functions as `Predictor.predict`, timed one by one."""
+    (encode_reviews), pad+copy (padding, pinned host-to-device copy), forward (the encoder) and
+    serialise (device-to-host copy, calibrated probabilities, labels, JSON), with the device
+    synchronized between steps. The same functions as `Predictor.predict`, timed one by one."""
     import torch
 
     from handler.encoding import encode_reviews
@@ -123,15 +123,14 @@ def time_breakdown(predictor, texts: list[str], batch_size: int, batches: int) -
                 synchronize(device)
                 spent["pad_copy"] += time.perf_counter() - mark
                 mark = time.perf_counter()
-                logits = runtime.forward(**inputs)
-                temperatures = predictor.calibration.temperatures([lengths[i] for i in indices])
-                parts.append((logits.float() / temperatures.to(device)[:, None]).softmax(dim=-1))
+                parts.append(runtime.forward(**inputs).float())
                 synchronize(device)
                 spent["forward"] += time.perf_counter() - mark
                 order += indices
             mark = time.perf_counter()
-            rows = torch.empty(len(chunk), len(labels))
-            rows[torch.tensor(order)] = torch.cat(parts).cpu()
+            logits = torch.empty(len(chunk), len(labels))
+            logits[torch.tensor(order)] = torch.cat(parts).cpu()
+            rows = predictor.calibrator.apply(logits, lengths)
             answers = []
             for row in rows.tolist():
                 best = max(range(len(row)), key=row.__getitem__)

@@ -39,18 +39,15 @@ def load_short(path: str | None, count: int = 2000, seed: int = 42) -> tuple[lis
     them (training.data.normalize_ptb); without that directory the repository's
     data/short_reviews.jsonl. At most `count` of them, in a seeded shuffle."""
     import random
+
+    from training.data import FILE_SPLIT, SHORT, load_labelled
     path = path or os.environ.get("SST2_DATA_DIR")
     source = Path(path) / "validation.parquet" if path else None
     if source is not None and source.is_file():
-        import pandas
-
-        from training.data import normalize_ptb
-        texts = [normalize_ptb(text) for text in pandas.read_parquet(source)["text"]]
+        texts = list(load_labelled(path, SHORT, only=("validation",))["validation"]["text"])
     else:
-        import json
         source = SHORT_FALLBACK
-        texts = [json.loads(line)["text"] for line in source.read_text().splitlines()
-                 if line.strip()]
+        texts = list(load_labelled(str(source))[FILE_SPLIT]["text"])
     if not texts:
         raise SystemExit(f"error: {source} holds no texts")
     random.Random(seed).shuffle(texts)

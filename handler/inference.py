@@ -1,5 +1,6 @@
 """Batched forward passes over encoded reviews: sort by length, cut micro-batches under a token
-budget, pad each to its own longest text, and return probabilities in the original order.
+budget, pad each to its own longest text, and return logits (or calibrated probabilities) in
+the original order.
 Every runtime (handler/runtime.py) is scored through this one loop, by the handler,
 `training.evaluate` and the benchmarks alike, so they all score texts identically.
 """
@@ -7,15 +8,13 @@ import logging
 
 import torch
 
-from handler.calibration import Calibration
+from handler.calibration import UNCALIBRATED, Calibrator
 
 logger = logging.getLogger(__name__)
 
 
 # What one more forward pass costs beyond its padded tokens, in tokens: micro_batches splits a
-# batch where the padding it saves is worth more. Measured in-process on 2 cores of an AMD EPYC
-# with AVX2 only (OpenVINO f32, batches of 16): 16, 32 and 64 served alike, 256 as badly as one
-# pass per batch (docs/PERFORMANCE.md).
+# batch where the padding it saves is worth more (measured: docs/PERFORMANCE.md).
 PASS_COST_TOKENS = 32
 
 
@@ -24,8 +23,8 @@ def micro_batches(lengths: list[int], token_budget: int, max_batch: int,
     """Indices in groups of consecutive lengths (sorted) that cost the fewest padded tokens:
     each group pads to its longest text rounded up to `multiple`, and each costs
     PASS_COST_TOKENS more; a group has at most `max_batch` texts and rows x longest within
-    `token_budget` (a single text always fits). Cut by dynamic programming: a batch of 16 short
-    reviews padded to its longest computed 2.5 tokens per real token."""
+    `token_budget` (a single text always fits). Cut by dynamic programming: one-line texts
+    padded to the longest of a mixed batch would compute mostly padding."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     padded = [-(-lengths[i] // multiple) * multiple for i in order]
     best, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
@@ -65,31 +64,35 @@ def pad_batch(encoded: dict, indices: list[int], pad_token_id: int, device,
 
 
 @torch.inference_mode()
-def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batch: int,
-          pad_to_multiple_of: int, calibration: Calibration = Calibration()) -> torch.Tensor:
-    """Class probabilities (float32, on the CPU) for every encoded text, in input order:
-    `runtime.forward(padded inputs) -> logits` per micro-batch, softmax of the logits divided
-    by each text's temperature (handler/calibration.py: by its length in tokens).
+def forward_all(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batch: int,
+                pad_to_multiple_of: int) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every encoded text, in input order:
+    `runtime.forward(padded inputs) -> logits` per micro-batch.
 
     Lengths are padded to a multiple of `pad_to_multiple_of`: every new (batch, length) shape
-    makes oneDNN build and cache new kernels, and with exact lengths a worker's memory kept
-    growing for minutes under real traffic (1.2 GB after 10 minutes); with multiples of 32 it
-    stays flat at no measurable speed cost (2 vCPUs of an AMD EPYC with AVX512-BF16,
-    docs/EXPERIMENTS.md).
+    makes oneDNN build and cache new kernels, and with exact lengths a worker's memory keeps
+    growing under real traffic; with multiples of 32 it stays flat (docs/PERFORMANCE.md).
     """
     lengths = [len(ids) for ids in encoded["input_ids"]]
     order, parts = [], []
     for indices in micro_batches(lengths, token_budget, max_batch, pad_to_multiple_of):
         inputs = pad_batch(encoded, indices, pad_token_id, runtime.device, pad_to_multiple_of,
                            getattr(runtime.config, "max_position_embeddings", None))
-        temperatures = calibration.temperatures([lengths[i] for i in indices])
-        logits = runtime.forward(**inputs).float()
-        parts.append((logits / temperatures.to(logits.device)[:, None]).softmax(dim=-1))
+        parts.append(runtime.forward(**inputs).float())
         order += indices
-    probabilities = torch.empty(len(lengths), runtime.config.num_labels, dtype=torch.float32)
+    logits = torch.empty(len(lengths), runtime.config.num_labels, dtype=torch.float32)
     if parts:  # one device-to-host copy for the whole batch, then back to input order
-        probabilities[torch.tensor(order)] = torch.cat(parts).cpu()
-    return probabilities
+        logits[torch.tensor(order)] = torch.cat(parts).cpu()
+    return logits
+
+
+def score(runtime, encoded: dict, pad_token_id: int, token_budget: int, max_batch: int,
+          pad_to_multiple_of: int, calibrator: Calibrator = UNCALIBRATED) -> torch.Tensor:
+    """Class probabilities (float32, on the CPU) for every encoded text, in input order: the
+    logits of `forward_all` through the run's calibrator (handler/calibration.py)."""
+    logits = forward_all(runtime, encoded, pad_token_id, token_budget, max_batch,
+                         pad_to_multiple_of)
+    return calibrator.apply(logits, [len(ids) for ids in encoded["input_ids"]])
 
 
 def halving_on_out_of_memory(attempt, size: int, smallest: int, device, what: str):

@@ -2,8 +2,8 @@
 on demand. Everything here runs without TorchServe (the benchmarks build one directly).
 
 Texts are encoded with the run's own settings (`encode_reviews`, encoding.json), scored by the
-runtime of handler/runtime.py in length-sorted micro-batches, divided by the fitted temperatures
-(calibration.json) and answered with the labels of the model's config.json.
+runtime of handler/runtime.py in length-sorted micro-batches, turned into probabilities by the
+run's calibrator (calibration.json) and answered with the labels of the model's config.json.
 """
 import logging
 import os
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from handler.calibration import Calibration
+from handler.calibration import load_calibrator
 from handler.encoding import EncodingSettings, encode_reviews
 from handler.inference import halving_on_out_of_memory, score
 from handler.runtime import fp32_torch_model, load_runtime
@@ -30,7 +30,7 @@ class Predictor:
         self.settings, self.model_version = settings, model_version
         self.tokenizer = RunTokenizer(model_dir)  # the run's tokenizer.json, no transformers
         self.encoding = EncodingSettings.serving(model_dir, settings.max_length)
-        self.calibration = Calibration.load(model_dir)
+        self.calibrator = load_calibrator(model_dir)
         on_cpu = self.device.type == "cpu"
         self.runtime = load_runtime(
             model_dir, self.device, settings.cpu_precision if on_cpu else settings.gpu_precision,
@@ -49,7 +49,7 @@ class Predictor:
         def attempt(micro_batch: int) -> torch.Tensor:
             token_budget = max(1, self.settings.token_budget * micro_batch // most)
             return score(self.runtime, encoded, self.tokenizer.pad_token_id, token_budget,
-                         micro_batch, self.settings.pad_to_multiple_of, self.calibration)
+                         micro_batch, self.settings.pad_to_multiple_of, self.calibrator)
 
         return halving_on_out_of_memory(attempt, most, 1, self.device,
                                         "texts per micro-batch at most"), encoded
@@ -73,8 +73,8 @@ class Predictor:
         is halved, down to one text of max length (handler/explain.py)."""
         from handler.explain import Explainer, word_attributions  # captum: only when explaining
         if self.explainer is None:
-            # IG runs in fp32: with bf16 autocast attributions missed the logit difference by
-            # up to 10 % (handler/explain.py)
+            # IG runs in fp32: with bf16 autocast the attributions miss the logit difference
+            # (handler/explain.py)
             self.explainer = Explainer(fp32_torch_model(self.runtime, self.model_dir),
                                        self.tokenizer.pad_token_id, self.settings.explain_steps,
                                        self.settings.explain_token_budget, None,

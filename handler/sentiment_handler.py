@@ -62,7 +62,7 @@ class SentimentHandler:
         logger.info("loaded %s on %s, runtime %s, %s, %s; %.1f us per token, at "
                     "most %.1f s of work per call; ready in %.1f s", model["modelName"], device,
                     self.predictor.runtime.precision, self.predictor.encoding,
-                    self.predictor.calibration.describe(), self.scheduler.seconds_per_token * 1e6,
+                    self.predictor.calibrator.describe(), self.scheduler.seconds_per_token * 1e6,
                     self.scheduler.max_call_seconds, time.perf_counter() - started)
         self.initialized = True
 

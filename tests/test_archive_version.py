@@ -121,6 +121,12 @@ def test_card_renders_calibration_and_short_reviews_when_present():
                                          "short_tokens": 64}}
     card = model_card.render(by_length, version="abc123def456")
     assert "T = 1.0812 for texts of at most 64 tokens and T = 1.3512 for longer ones" in card
+    isotonic = {**FULL, "calibration": {**FULL["calibration"], "kind": "isotonic",
+                                        "short_tokens": 64, "long": [[0.0], [0.5]],
+                                        "short": [[0.0], [0.5]]}}
+    card = model_card.render(isotonic)
+    assert "isotonic (monotone, piecewise-linear) map of the logit margin" in card
+    assert "at most 64 tokens" in card and "T = " not in card
 
 
 def test_card_of_an_older_run_leaves_out_what_it_lacks():

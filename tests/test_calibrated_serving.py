@@ -24,11 +24,12 @@ def calibrated(tiny_run, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.calibration import Calibration
+    from handler.calibration import TemperatureCalibrator, load_calibrator
     from handler.runtime import TorchRuntime
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     run = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    # calibration.json as the first format wrote it (no format_version, no kind): still served
     (run / "calibration.json").write_text(json.dumps(CALIBRATION))
     # plus texts from all negative to all positive words: a tiny model that saturates (CI's gave
     # every review the same confidence to 1e-4) still answers these with confidences apart
@@ -37,17 +38,18 @@ def calibrated(tiny_run, tmp_path_factory):
     model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run).eval())
     tokenizer = AutoTokenizer.from_pretrained(run)
     encoding = EncodingSettings.load(run)
-    calibration = Calibration.load(run)
-    assert (calibration.temperature, calibration.short_temperature) == (2.5, 0.7)
-    offline = score_texts(model, tokenizer, texts, encoding, calibration)
-    uncalibrated = score_texts(model, tokenizer, texts, encoding)
-    # each text by the temperature of its length: softmax(log p / T) = softmax(logits / T)
+    calibrator = load_calibrator(run)
+    assert calibrator == TemperatureCalibrator(2.5, 0.7, 8)
+    scores = score_texts(model, tokenizer, texts, encoding)
+    offline, uncalibrated = scores.probabilities(calibrator), scores.probabilities()
+    # each text by the temperature of its length, counted by the tokenizer itself
     lengths = [len(tokenizer(text, truncation=True, max_length=encoding.max_length)["input_ids"])
                for text in texts]
+    assert scores.lengths.tolist() == lengths
     temperatures = torch.tensor([0.7 if n <= 8 else 2.5 for n in lengths])
     assert 0 < int((temperatures == 0.7).sum()) < len(texts)  # both kinds of text are here
-    by_hand = (uncalibrated.double().log() / temperatures[:, None].double()).softmax(-1)
-    torch.testing.assert_close(offline.double(), by_hand, atol=1e-5, rtol=0)
+    by_hand = (scores.logits.double() / temperatures[:, None].double()).softmax(-1)
+    torch.testing.assert_close(offline.double(), by_hand, atol=1e-6, rtol=0)
     assert (offline - uncalibrated).abs().max() > 1e-3  # the temperatures change the answer
     # min_confidence in the widest gap between two confidences, with at least two texts on
     # either side: served answers differ from offline ones by 1e-5 at most (the test below),

@@ -144,7 +144,7 @@ def test_the_run_tokenizer_encodes_as_transformers_does(which, tiny_run, tmp_pat
     """The worker's RunTokenizer (tokenizers alone, handler/tokenizer.py) gives encode_reviews
     exactly the ids, offsets, word ids and inputs of the transformers tokenizer training used,
     for our runs (tiny BERT, the embedded MiniLM) and a DistilBERT (no token_type_ids)."""
-    from training.train import default_base_model
+    from training.model import default_base_model
 
     from handler.tokenizer import RunTokenizer
     directory = {"tiny": lambda: tiny_run, "minilm": default_base_model,

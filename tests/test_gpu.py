@@ -77,13 +77,13 @@ def offline_fp32(run_dir: Path, texts: list[str]) -> list[float]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.calibration import Calibration
+    from handler.calibration import load_calibrator
     from handler.runtime import TorchRuntime
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(run_dir).eval())
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    probabilities = score_texts(model, tokenizer, texts, EncodingSettings.load(run_dir),
-                                Calibration.load(run_dir))
+    probabilities = score_texts(model, tokenizer, texts, EncodingSettings.load(run_dir)
+                                ).probabilities(load_calibrator(run_dir))
     return probabilities[:, 1].tolist()
 
 

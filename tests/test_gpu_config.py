@@ -11,13 +11,13 @@ from tests.conftest import REPO
 
 
 def test_training_batch_default_is_larger_on_a_gpu(monkeypatch):
-    from training.train import CPU_BATCH_SIZE, GPU_BATCH_SIZE, parse_args
+    from training.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, parse_args
     assert GPU_BATCH_SIZE > CPU_BATCH_SIZE
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert parse_args(["--preset", "full"]).batch_size == CPU_BATCH_SIZE
+    assert parse_args(["--preset", "full"]).recipe.batch_size == CPU_BATCH_SIZE
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert parse_args(["--preset", "full"]).batch_size == GPU_BATCH_SIZE
-    assert parse_args(["--preset", "quick", "--batch-size", "8"]).batch_size == 8
+    assert parse_args(["--preset", "full"]).recipe.batch_size == GPU_BATCH_SIZE
+    assert parse_args(["--preset", "quick", "--batch-size", "8"]).recipe.batch_size == 8
 
 
 def test_run_records_the_fused_optimizer_and_device(tiny_run):

@@ -35,8 +35,8 @@ print(json.dumps({"info": info, "splits": {name: {
 
 LOAD_SHORT_TEXTS = """
 import json, sys
-from training.data import load_short_texts
-splits = load_short_texts(sys.argv[1])
+from training.data import SHORT, load_labelled
+splits = load_labelled(sys.argv[1], SHORT)
 print(json.dumps({name: {"rows": len(ds), "columns": ds.column_names, "labels": sorted(set(ds["label"])),
                          "names": ds.features["label"].names, "texts": list(ds["text"])}
                   for name, ds in splits.items()}))

@@ -39,7 +39,7 @@ def ir_dir(tiny_model, tmp_path_factory):
 def probabilities(runtime, tokenizer, encoding, texts, token_budget=SERVING.token_budget,
                   max_batch=SERVING.micro_batch_size, temperature=1.0):
     """handler.inference.score over a runtime, or over a torch model as TorchRuntime fp32."""
-    from handler.calibration import Calibration
+    from handler.calibration import TemperatureCalibrator
     from handler.encoding import encode_reviews
     from handler.inference import score
     from handler.runtime import TorchRuntime
@@ -47,7 +47,7 @@ def probabilities(runtime, tokenizer, encoding, texts, token_budget=SERVING.toke
         runtime = TorchRuntime(runtime)
     encoded = encode_reviews(tokenizer, texts, encoding)
     return score(runtime, encoded, tokenizer.pad_token_id, token_budget, max_batch,
-                 SERVING.pad_to_multiple_of, Calibration(temperature))
+                 SERVING.pad_to_multiple_of, TemperatureCalibrator(temperature))
 
 
 def load(directory, config, precision="fp32", cache_dir=None, tokenizer=None):

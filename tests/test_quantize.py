@@ -56,14 +56,14 @@ def scored_from_the_files(run, data) -> dict:
     from handler.encoding import EncodingSettings
     from handler.openvino_runtime import OpenVINOModel
     from training.data import load_reviews
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     meta = json.loads((run / "metrics.json").read_text())
     splits, _ = load_reviews(str(data), meta["validation_size"], meta.get("seed", 42))
     texts, labels = list(splits["validation"]["text"]), torch.tensor(splits["validation"]["label"])
     config, tokenizer = AutoConfig.from_pretrained(run), AutoTokenizer.from_pretrained(run)
     int8, fp32 = (score_texts(OpenVINOModel.load(run, config, threads=1, precision=precision,
                                                  tokenizer=tokenizer),
-                              tokenizer, texts, EncodingSettings.load(run)).argmax(-1)
+                              tokenizer, texts, EncodingSettings.load(run)).logits.argmax(-1)
                   for precision in ("int8", "fp32"))
     return {"reviews": len(texts), "accuracy": (int8 == labels).float().mean().item(),
             "fp32_accuracy": (fp32 == labels).float().mean().item(),
@@ -110,14 +110,15 @@ def test_a_model_that_does_not_agree_is_not_kept_and_a_stale_one_goes(int8_run, 
 
     from handler.encoding import EncodingSettings
     from handler.runtime import TorchRuntime
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     from training.quantize import quantize_run
     run = tmp_path / "run"
     shutil.copytree(int8_run, run)
     model = AutoModelForSequenceClassification.from_pretrained(run).eval()
     tokenizer, encoding = AutoTokenizer.from_pretrained(run), EncodingSettings.load(run)
     check = synthetic_reviews(16, seed=4)
-    fp32 = score_texts(TorchRuntime(model), tokenizer, check["text"].tolist(), encoding)
+    fp32 = score_texts(TorchRuntime(model), tokenizer, check["text"].tolist(),
+                       encoding).probabilities()
     flipped = fp32.flip(-1)  # a reference whose every label the int8 model contradicts
     report = quantize_run(run, model, tokenizer, encoding, texts(16), check["text"].tolist(),
                           check["label"].tolist(), flipped, min_agreement=0.99)
@@ -140,23 +141,23 @@ def test_runtime_serves_int8_close_to_fp32(int8_run):
     from handler.encoding import EncodingSettings
     from handler.openvino_runtime import OpenVINOModel
     from handler.runtime import TorchRuntime
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     config = AutoConfig.from_pretrained(int8_run)
     tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
     fp32 = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(int8_run).eval())
-    reference = score_texts(fp32, tokenizer, texts(), encoding)
+    reference = score_texts(fp32, tokenizer, texts(), encoding).probabilities()
     int8 = OpenVINOModel.load(int8_run, config, threads=1, precision="int8")
     assert int8.precision == "int8"
     # with native bf16 `auto` serves the f32 model in bf16: the run has no f32 IR, so it converts
     auto = OpenVINOModel.load(int8_run, config, threads=1, precision="auto", tokenizer=tokenizer)
     assert auto.precision == ("bf16" if native_bf16() else "int8" if native_int8() else "f32")
-    got = score_texts(int8, tokenizer, texts(), encoding)
+    got = score_texts(int8, tokenizer, texts(), encoding).probabilities()
     assert got.shape == reference.shape
     # on average: a text the tiny model leaves near its decision boundary moves most
     assert (got - reference).abs().mean() < 0.05
     assert not torch.equal(got, score_texts(OpenVINOModel.load(
         int8_run, config, threads=1, precision="fp32", tokenizer=tokenizer), tokenizer, texts(),
-        encoding))  # the int8 model really is another model
+        encoding).probabilities())  # the int8 model really is another model
 
 
 def test_int8_asked_for_without_the_model_is_a_clear_error(tiny_model, tmp_path):
@@ -201,20 +202,20 @@ def test_stock_config_serves_int8_through_torchserve(int8_run, tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.calibration import Calibration
+    from handler.calibration import load_calibrator
     from handler.openvino_runtime import OpenVINOModel
     from handler.runtime import TorchRuntime
     from training.archive import main as archive
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     mar = archive([str(int8_run), "--model-store", str(tmp_path / "store")])
     batch = texts(24, seed=2)
     tokenizer, encoding = AutoTokenizer.from_pretrained(int8_run), EncodingSettings.load(int8_run)
-    calibration = Calibration.load(int8_run)
+    calibrator = load_calibrator(int8_run)
     fp32 = score_texts(TorchRuntime(AutoModelForSequenceClassification.from_pretrained(
-        int8_run).eval()), tokenizer, batch, encoding, calibration)
+        int8_run).eval()), tokenizer, batch, encoding).probabilities(calibrator)
     auto = OpenVINOModel.load(int8_run, AutoConfig.from_pretrained(int8_run), threads=1,
                               precision="auto", tokenizer=tokenizer)
-    offline = score_texts(auto, tokenizer, batch, encoding, calibration)
+    offline = score_texts(auto, tokenizer, batch, encoding).probabilities(calibrator)
     got, log = predict_once(mar, batch, tmp_path / "ts")
     expected = "bf16" if native_bf16() else "int8" if native_int8() else "f32"
     assert f"OpenVINO {ov.__version__}: {expected} inference precision" in log

@@ -57,9 +57,9 @@ def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from handler.encoding import EncodingSettings
-    from handler.calibration import Calibration
+    from handler.calibration import load_calibrator
     from handler.runtime import TorchRuntime
-    from training.evaluate import score_texts
+    from training.scoring import score_texts
     texts = long_reviews(24, seed=5)
     model = TorchRuntime(AutoModelForSequenceClassification.from_pretrained(tiny_run).eval())
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
@@ -67,8 +67,8 @@ def test_served_probabilities_equal_training_evaluate_beyond_the_trained_length(
     assert encoding.max_length == 32
     assert all(len(tokenizer(text)["input_ids"]) > 40 for text in texts)
     served = post(torchserve, json.dumps({"texts": texts}), JSON).json()
-    offline = score_texts(model, tokenizer, texts, encoding,
-                          Calibration.load(tiny_run)).tolist()
+    offline = score_texts(model, tokenizer, texts, encoding).probabilities(
+        load_calibrator(tiny_run)).tolist()
     assert [a["probabilities"]["positive"] for a in served] == pytest.approx(
         [p[1] for p in offline], abs=1e-5)
     log = torchserve.log("model_log")

@@ -8,8 +8,9 @@ import pytest
 from datasets import ClassLabel, Dataset
 
 from tests.conftest import synthetic_reviews, train_tiny
-from training.data import (DataError, NO_SHORT_DATA, SHORT_DATA_ENV, default_short_data,
-                           load_short_texts, mix_short, normalize_ptb, split_short)
+from training.data import (FILE_SPLIT, NO_SHORT_DATA, REVIEWS, SHORT, SHORT_DATA_ENV,
+                           DataError, default_short_data, load_labelled, normalize_ptb)
+from training.splits import mix_short, split_short
 
 
 def sst_style(frame: pd.DataFrame) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def test_ptb_tokens_are_rejoined_as_people_type(published, typed):
 
 
 def test_short_texts_load_from_a_directory_normalised(sst_dir):
-    splits = load_short_texts(str(sst_dir))
+    splits = load_labelled(str(sst_dir), SHORT)
     assert set(splits) == {"train", "validation"}
     assert len(splits["train"]) == 80 and len(splits["validation"]) == 20
     assert splits["train"].features["label"] == ClassLabel(names=["negative", "positive"])
@@ -55,11 +56,31 @@ def test_short_texts_load_from_a_directory_normalised(sst_dir):
 
 def test_bad_short_data_is_rejected_clearly(tmp_path):
     with pytest.raises(DataError, match="no train.parquet"):
-        load_short_texts(str(tmp_path))
+        load_labelled(str(tmp_path), SHORT)
     pd.DataFrame({"text": ["a b c"] * 4, "label": [0, 1, -1, 1]}).to_parquet(
         tmp_path / "train.parquet")
     with pytest.raises(DataError, match="expected 0=negative"):
-        load_short_texts(str(tmp_path))
+        load_labelled(str(tmp_path), SHORT)
+
+
+def test_one_loader_reads_a_directory_or_a_file_and_normalises_only_what_needs_it(sst_dir,
+                                                                                   tmp_path):
+    """The same rows from SST-2's directory and from a .jsonl file of them; the SST kind of
+    source is typed as people type, reviews are read as they are; a file keeps its `kind`."""
+    raw = pd.read_parquet(sst_dir / "validation.parquet").assign(kind="plain")
+    raw.to_json(tmp_path / "sst.jsonl", orient="records", lines=True)
+    from_directory = load_labelled(str(sst_dir), SHORT, only=("validation",))
+    assert set(from_directory) == {"validation"}
+    from_file = load_labelled(str(tmp_path / "sst.jsonl"), SHORT)[FILE_SPLIT]
+    assert texts(from_file) == texts(from_directory["validation"])
+    assert from_file.column_names == ["text", "label", "kind"]
+    as_reviews = load_labelled(str(tmp_path / "sst.jsonl"), REVIEWS)[FILE_SPLIT]
+    assert texts(as_reviews) == list(raw["text"])  # not a PTB source: left as it is
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": 7}\n')
+    with pytest.raises(DataError, match="expected 0=negative"):
+        load_labelled(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
+        load_labelled(str(tmp_path / "missing.jsonl"))
 
 
 def texts(dataset) -> list[str]:

@@ -76,6 +76,7 @@ def test_evaluate_applies_the_runs_temperature(calibrated_run):
     run, metrics = calibrated_run
     scored = main(["--model", str(run), "--split", "validation"])
     assert scored["calibration"]["temperature"] == metrics["calibration"]["temperature"]
+    assert scored["calibration"]["kind"] == metrics["calibration"]["kind"] == "temperature"
     assert scored["accuracy"] == metrics["accuracy"]
     after = metrics["calibration"]["validation"]["after"]
     assert scored["eval_loss"] == pytest.approx(after["nll"], abs=1e-3)
@@ -158,7 +159,7 @@ def test_the_calibration_excerpts_are_chosen_by_flag(tiny_base_model, story_dir,
     (["--attention-dropout", "-0.1"], "attention-dropout"),
 ])
 def test_bad_training_flags_are_refused(flags, message, capsys):
-    from training.train import parse_args
+    from training.config import parse_args
     with pytest.raises(SystemExit):
         parse_args(flags)
     assert message in capsys.readouterr().err
@@ -167,7 +168,7 @@ def test_bad_training_flags_are_refused(flags, message, capsys):
 def test_excerpts_are_cut_from_reviews_left_out_never_calibration_ones(tiny_base_model, story_dir,
                                                                          tmp_path, capsys):
     from training.data import load_reviews, take
-    from training.train import carve_calibration, excerpt_sources
+    from training.splits import carve_calibration, excerpt_sources
     splits, _ = load_reviews(str(story_dir), 24, 42)
     pool = splits["train"]  # 136 reviews
     calibration, train_set, spare, _ = carve_calibration(pool, take(pool, 60, 42), 24, 42)
@@ -188,3 +189,38 @@ def test_excerpts_are_cut_from_reviews_left_out_never_calibration_ones(tiny_base
                          "--excerpts-per-review", "1", "--excerpt-reviews", "100")
     recipe = metrics["augmentation"]
     assert (recipe["reviews"], recipe["excerpts"], recipe["cut_from_reviews"]) == (60, 60, 100)
+
+
+def test_an_isotonic_calibrator_is_fitted_saved_and_served(tiny_base_model, story_dir, tmp_path):
+    """--calibrator isotonic: fitted on the held-out reviews, saved with its kind, and what
+    training reports is what `training.evaluate` and the handler's Predictor serve."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handler.calibration import EDGE, IsotonicCalibrator, load_calibrator
+    from handler.encoding import EncodingSettings
+    from handler.predictor import Predictor
+    from handler.runtime import TorchRuntime
+    from handler.settings import HandlerSettings
+    from training.evaluate import main as evaluate
+    from training.scoring import score_texts
+    output = tmp_path / "isotonic"
+    metrics = train_tiny(tiny_base_model, story_dir, output, "--epochs", "1", "--augment", "none",
+                         "--calibration-size", "24", "--calibrator", "isotonic")
+    stored = json.loads((output / "calibration.json").read_text())
+    assert (stored["format_version"], stored["kind"], stored["samples"]) == (2, "isotonic", 24)
+    assert metrics["calibration"]["kind"] == "isotonic"
+    calibrator = load_calibrator(output)
+    assert isinstance(calibrator, IsotonicCalibrator)
+    scored = evaluate(["--model", str(output), "--split", "validation"])
+    assert scored["calibration"]["kind"] == "isotonic"
+    after = metrics["calibration"]["validation"]["after"]
+    assert scored["eval_loss"] == pytest.approx(after["nll"], abs=1e-3)
+    texts = synthetic_reviews(8, seed=12)["text"].tolist()
+    predictor = Predictor(output, "cpu", HandlerSettings(cpu_runtime="torch", cpu_precision="fp32"))
+    answers, _ = predictor.predict(texts)
+    served = [answer["probabilities"]["positive"] for answer in answers]
+    model = AutoModelForSequenceClassification.from_pretrained(output).eval()
+    expected = score_texts(TorchRuntime(model), AutoTokenizer.from_pretrained(output), texts,
+                           EncodingSettings.load(output)).probabilities(calibrator)[:, 1]
+    assert served == pytest.approx(expected.tolist(), abs=1e-6)
+    assert all(EDGE - 1e-6 <= p <= 1 - EDGE + 1e-6 for p in served)

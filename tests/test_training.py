@@ -73,11 +73,12 @@ def test_attention_dropout_is_off_unless_asked_for(tiny_run, tiny_base_model):
     """The quick preset trains without dropout on the attention probabilities: with it, PyTorch's
     CPU attention leaves its fused kernel for one that builds the whole attention matrix (and a
     random mask the same size), which made the quick preset's long batches ~1.8x slower."""
-    from training.train import load_base, parse_args
+    from training.config import parse_args
+    from training.model import load_base
     assert json.loads((tiny_run / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     assert json.loads((tiny_run / "metrics.json").read_text())["attention_dropout"] == 0.0
     args = parse_args(["--attention-dropout", "0.25"])
-    _, model = load_base(str(tiny_base_model), args.attention_dropout)
+    _, model = load_base(str(tiny_base_model), args.recipe.attention_dropout)
     attention = model.bert.encoder.layer[0].attention.self
     assert model.config.attention_probs_dropout_prob == 0.25 and attention.dropout.p == 0.25
 
@@ -91,7 +92,8 @@ def test_attention_dropout_reaches_distilbert_in_both_presets(tiny_base_model, r
     from transformers import BertConfig, BertTokenizer, DistilBertConfig, DistilBertModel
 
     from tests.conftest import train_tiny
-    from training.train import load_base, parse_args
+    from training.config import parse_args
+    from training.model import load_base
     path = tmp_path / "tiny-distilbert"
     tokenizer = BertTokenizer.from_pretrained(tiny_base_model)  # DistilBERT's is WordPiece too
     tokenizer.save_pretrained(path)
@@ -108,7 +110,7 @@ def test_attention_dropout_reaches_distilbert_in_both_presets(tiny_base_model, r
     assert model.distilbert.transformer.layer[0].attention.dropout.p == 0.2
     assert model.distilbert.transformer.layer[0].ffn.dropout.p == 0.0 and model.dropout.p == 0.0
 
-    full = parse_args(["--preset", "full"]).attention_dropout
+    full = parse_args(["--preset", "full"]).recipe.attention_dropout
     _, model = load_base(str(path), full)
     assert full == 0.0 and model.distilbert.transformer.layer[0].attention.dropout.p == 0.0
 
@@ -120,16 +122,17 @@ def test_hidden_dropout_is_off_in_quick_and_the_base_models_own_in_full(tiny_run
     --hidden-dropout reaches every dropout module but the attention's."""
     from transformers import BertConfig
 
-    from training.train import load_base, parse_args
+    from training.config import parse_args
+    from training.model import load_base
     trained = json.loads((tiny_run / "config.json").read_text())
     assert trained["hidden_dropout_prob"] == 0.0 and trained["classifier_dropout"] == 0.0
     assert json.loads((tiny_run / "metrics.json").read_text())["hidden_dropout"] == 0.0
     own = BertConfig.from_pretrained(tiny_base_model).hidden_dropout_prob
     assert own > 0
-    full = parse_args(["--preset", "full"]).hidden_dropout
+    full = parse_args(["--preset", "full"]).recipe.hidden_dropout
     _, model = load_base(str(tiny_base_model), 0.0, full)
     assert model.dropout.p == own and model.bert.encoder.layer[0].output.dropout.p == own
-    asked = parse_args(["--hidden-dropout", "0.3"]).hidden_dropout
+    asked = parse_args(["--hidden-dropout", "0.3"]).recipe.hidden_dropout
     _, model = load_base(str(tiny_base_model), 0.0, asked)
     ps = {module.p for name, module in model.named_modules()
           if isinstance(module, torch.nn.Dropout) and ".attention.self." not in name}
@@ -138,7 +141,7 @@ def test_hidden_dropout_is_off_in_quick_and_the_base_models_own_in_full(tiny_run
 
 @pytest.mark.parametrize("value", ["1", "-0.1"])
 def test_hidden_dropout_out_of_range_is_a_usage_error(value, capsys):
-    from training.train import parse_args
+    from training.config import parse_args
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--hidden-dropout", value])
     assert exit_info.value.code == 2 and "--hidden-dropout" in capsys.readouterr().err
@@ -169,9 +172,10 @@ def test_frozen_word_embeddings_stay_as_the_base_model_had_them(tiny_base_model,
     from safetensors.torch import load_file
 
     from tests.conftest import train_tiny
-    from training.train import load_base, parse_args
-    assert parse_args([]).freeze_word_embeddings is True  # the quick preset
-    assert parse_args(["--preset", "full"]).freeze_word_embeddings is False
+    from training.config import parse_args
+    from training.model import load_base
+    assert parse_args([]).recipe.freeze_word_embeddings is True  # the quick preset
+    assert parse_args(["--preset", "full"]).recipe.freeze_word_embeddings is False
     metrics = train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8",
                          "--epochs", "2", "--freeze-word-embeddings")
     assert metrics["freeze_word_embeddings"] is True
@@ -190,9 +194,10 @@ def test_frozen_layers_stay_as_the_base_model_had_them(tiny_base_model, reviews_
     from safetensors.torch import load_file
 
     from tests.conftest import train_tiny
-    from training.train import freeze_bottom, load_base, parse_args
-    assert parse_args([]).freeze_layers == 1  # the quick preset
-    assert parse_args(["--preset", "full"]).freeze_layers == 0
+    from training.config import parse_args
+    from training.model import freeze_bottom, load_base
+    assert parse_args([]).recipe.freeze_layers == 1  # the quick preset
+    assert parse_args(["--preset", "full"]).recipe.freeze_layers == 0
     metrics = train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--no-int8",
                          "--epochs", "2", "--freeze-layers", "1")
     assert metrics["freeze_layers"] == 1

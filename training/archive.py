@@ -17,8 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
 from handler.calibration import CALIBRATION_FILE
 from handler.encoding import SETTINGS_FILE as ENCODING_FILE
+from handler.openvino_runtime import save_ir
+from handler.settings import HandlerSettings
 from training import model_card
 from training.quantize import int8_files
 
@@ -43,7 +48,7 @@ def check_run_dir(run_dir: Path) -> dict:
 
 def archive_version(run_dir: Path, config_file: Path = HANDLER_DIR / "model-config.yaml") -> str:
     """What produced the answers, as a short content hash (the first 12 hex digits of a
-    sha256): weights, config and tokenizer, encoding settings, temperature, handler code and
+    sha256): weights, config and tokenizer, encoding settings, calibrator, handler code and
     model-config.yaml. Re-archiving the same run gives the same version; other weights,
     settings or code give another. The handler puts it into every answer."""
     files = [run_dir / name for name in MODEL_FILES + OPTIONAL_FILES if (run_dir / name).is_file()]
@@ -61,18 +66,13 @@ def archive_version(run_dir: Path, config_file: Path = HANDLER_DIR / "model-conf
 def cpu_runtime(config_file: Path) -> str:
     """The handler's `cpu_runtime` in a model-config.yaml (handler/settings.py's default when not
     set)."""
-    import yaml
-
-    from handler.settings import HandlerSettings
-    return HandlerSettings.from_model_yaml(yaml.safe_load(Path(config_file).read_text())).cpu_runtime
+    settings = yaml.safe_load(Path(config_file).read_text())
+    return HandlerSettings.from_model_yaml(settings).cpu_runtime
 
 
 def write_openvino_ir(run_dir: Path, directory: Path) -> Path:
     """The run converted to OpenVINO (handler/openvino_runtime.py) once, here, instead of in
     every worker at start: a cold start without torch weights (docs/PERFORMANCE.md)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from handler.openvino_runtime import save_ir
     return save_ir(AutoModelForSequenceClassification.from_pretrained(run_dir),
                    AutoTokenizer.from_pretrained(run_dir), directory)
 

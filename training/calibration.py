@@ -1,20 +1,19 @@
-"""Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks") and the
-numbers that say whether a model's probabilities can be taken at face value.
+"""The numbers that say whether a model's probabilities can be taken at face value (ECE, log
+loss, Brier), before and after its calibrator (handler/calibration.py fits and applies it), and
+the reliability diagram that shows them.
 
-A fine-tuned encoder is over-confident: its 0.95 is right less than 95 % of the time. Dividing
-the logits by one scalar T > 1, fitted by minimising the NLL on held-out data, fixes most of
-that without changing a single prediction (argmax is unchanged by a positive scale).
-Fit it on data shaped like what is served and never on the set you report.
+A fine-tuned encoder is over-confident: its 0.95 is right less than 95 % of the time. A
+calibrator fitted on held-out texts shaped like what is served mends most of that; it is never
+fitted on a set that is reported.
 
-Every function takes torch tensors, numpy arrays or lists: logits and probabilities are
-(samples, classes), labels are class indices.
+Every function takes torch tensors, numpy arrays or lists: probabilities are (samples, classes),
+labels are class indices.
 """
 import math
 
 import torch
 
 ECE_BINS = 15
-MIN_BUCKET = 100  # texts a temperature is fitted on at least, per length
 
 
 def _tensors(scores, labels, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,49 +40,6 @@ def _probabilities(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
     if probs.min() < 0 or not torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-3):
         raise ValueError("probabilities must be >= 0 and sum to 1 per row")
     return probs, labels
-
-
-def fit_temperature(logits, labels, max_iter: int = 200) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T); optimised as log T with L-BFGS."""
-    logits, labels = _tensors(logits, labels, "logits")
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-                                  tolerance_change=1e-12)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    temperature = math.exp(log_t.item())
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature fit diverged ({temperature}); are the labels all one class "
-                         "and the predictions all right?")
-    return temperature
-
-
-def softmax(logits, temperature=1.0) -> torch.Tensor:
-    """softmax(logits / temperature): one temperature, or one per row (samples,)."""
-    temperature = torch.as_tensor(temperature, dtype=torch.float64)
-    if temperature.ndim == 1:
-        temperature = temperature[:, None]
-    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1)
-
-
-def fit_by_length(logits, labels, short,
-                  min_samples: int = MIN_BUCKET) -> tuple[float, float | None]:
-    """(temperature of the long texts, temperature of the `short` ones: a mask,
-    handler/calibration.py short_texts), each fitted on its own texts; (one temperature over
-    all, None) when either side has fewer than `min_samples` texts to fit on."""
-    logits, labels = _tensors(logits, labels, "logits")
-    short = torch.as_tensor(short, dtype=torch.bool)
-    if min(int(short.sum()), int((~short).sum())) < min_samples:
-        return fit_temperature(logits, labels), None
-    return (fit_temperature(logits[~short], labels[~short]),
-            fit_temperature(logits[short], labels[short]))
 
 
 def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
@@ -155,51 +111,42 @@ def accuracy(probs, labels) -> float:
     return (probs.argmax(1) == labels).double().mean().item()
 
 
-def scores(probs, labels, bins: int = ECE_BINS) -> dict:
+def probability_scores(probs, labels, bins: int = ECE_BINS) -> dict:
     return {"ece": expected_calibration_error(probs, labels, bins), "nll": nll(probs, labels),
             "brier": brier(probs, labels), "accuracy": accuracy(probs, labels)}
 
 
-def applied(temperature) -> list[float]:
-    """The distinct temperatures of one temperature or one per sample, ascending."""
-    return sorted(set(torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).tolist()))
-
-
-def calibration_report(logits, labels, temperature, bins: int = ECE_BINS) -> dict:
-    """ECE, NLL, Brier and accuracy of softmax(logits) and of softmax(logits / temperature),
-    with one temperature or one per sample (its "temperature": the distinct ones applied)."""
-    logits, labels = _tensors(logits, labels, "logits")
-    distinct = applied(temperature)
-    if not distinct[0] > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    after = softmax(logits, temperature)
-    return {"temperature": distinct[0] if len(distinct) == 1 else distinct,
-            "samples": len(labels), "ece_bins": bins,
-            "before": scores(softmax(logits), labels, bins),
-            "after": scores(after, labels, bins),
+def calibration_report(scores, calibrator, bins: int = ECE_BINS) -> dict:
+    """ECE, NLL, Brier and accuracy of `scores` (training/scoring.py) before and after the
+    calibrator."""
+    after = scores.probabilities(calibrator)
+    return {"calibrator": calibrator.describe(), "samples": len(scores.labels), "ece_bins": bins,
+            "before": probability_scores(scores.probabilities(), scores.labels, bins),
+            "after": probability_scores(after, scores.labels, bins),
             "ece_if_calibrated": ece_if_calibrated(after, bins)}
 
 
 def reliability_diagram(path, panels: dict, bins: int = ECE_BINS) -> None:
-    """One column per panel name -> (logits, labels, temperatures: one or one per sample): top,
-    accuracy against confidence per bin
-    before and after scaling (the diagonal is perfect calibration); bottom, samples per bin."""
+    """One column per panel name -> (scores, calibrator): top, accuracy against confidence per
+    bin before and after the calibrator (the diagonal is perfect calibration); bottom, samples
+    per bin."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not panels:
-        raise ValueError("reliability_diagram needs at least one (logits, labels) panel")
+        raise ValueError("reliability_diagram needs at least one (scores, calibrator) panel")
     fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 6.5), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     width = 1 / bins
-    for column, (name, (logits, labels, temperature)) in enumerate(panels.items()):
+    for column, (name, (scores, calibrator)) in enumerate(panels.items()):
         curve, counts = axes[0][column], axes[1][column]
         curve.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
-        after = "after (T=" + " / ".join(f"{t:.2f}" for t in applied(temperature)) + ")"
-        for offset, (label, t, color) in enumerate([("before", 1.0, "tab:red"),
-                                                    (after, temperature, "tab:blue")]):
-            probs = softmax(logits, t)
+        labels = scores.labels
+        for offset, (label, probs, color) in enumerate([
+                ("before", scores.probabilities(), "tab:red"),
+                (f"after ({calibrator.describe()})", scores.probabilities(calibrator),
+                 "tab:blue")]):
             rows = reliability_bins(probs, labels, bins)
             filled = [row for row in rows if row["count"]]
             ece = expected_calibration_error(probs, labels, bins)

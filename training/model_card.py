@@ -118,7 +118,12 @@ def calibration_section(calibration) -> list[str]:
     lines = ["## Calibration", ""]
     temperature, short = calibration.get("temperature"), calibration.get("short_temperature")
     fitted_on = f", fitted on {calibration['fitted_on']}." if calibration.get("fitted_on") else "."
-    if isinstance(temperature, (int, float)) and isinstance(short, (int, float)):
+    if calibration.get("kind") == "isotonic":
+        lengths = (f" (one map for texts of at most {calibration.get('short_tokens')} tokens, "
+                   "one for longer ones)" if calibration.get("short") else "")
+        lines.append("Probabilities come from an isotonic (monotone, piecewise-linear) map of "
+                     "the logit margin to P(positive)" + lengths + fitted_on)
+    elif isinstance(temperature, (int, float)) and isinstance(short, (int, float)):
         lines.append(f"Probabilities are softmax(logits / T), with T = {short:.4f} for texts of "
                      f"at most {calibration.get('short_tokens')} tokens and T = "
                      f"{temperature:.4f} for longer ones" + fitted_on)

@@ -10,9 +10,7 @@ metrics.json: accuracy and agreement with the fp32 model on the validation carve
 kept only if it agrees with fp32 on at least --min-agreement of those reviews and loses at
 most --max-accuracy-drop of accuracy (the runtime's bar: 99.5 %, 0.1 point); the handler
 serves it with cpu_precision int8, or auto on a CPU without native bf16
-(handler/openvino_runtime.py). Measured on a quick run on 2 vCPUs of an Intel Xeon with
-AVX512-VNNI (docs/EXPERIMENTS.md): 2.2x the in-process throughput of OpenVINO f32 at the same
-accuracy.
+(handler/openvino_runtime.py). How much faster it serves on which CPU: docs/PERFORMANCE.md.
 """
 import argparse
 import json
@@ -20,8 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
-from handler.openvino_runtime import INT8_IR_FILE
+from handler.encoding import EncodingSettings, encode_reviews
+from handler.inference import pad_batch
+from handler.openvino_runtime import INT8_IR_FILE, convert
+from handler.runtime import load_runtime
+from training.data import DataError, load_reviews, take
+from training.scoring import score_texts
 
 CALIBRATION_REVIEWS = 300  # reviews whose activations set the int8 ranges
 # kept only if, on the validation carve, int8 gives fp32's label to this share of reviews and
@@ -37,8 +41,6 @@ def int8_files(run_dir: Path) -> list[Path]:
 
 def calibration_batches(tokenizer, encoding, texts: list[str], input_names, batch_size: int = 8):
     """The reviews encoded and padded exactly as served (handler.encoding, handler.inference)."""
-    from handler.encoding import encode_reviews
-    from handler.inference import pad_batch
     batches = []
     for start in range(0, len(texts), batch_size):
         encoded = encode_reviews(tokenizer, texts[start:start + batch_size], encoding)
@@ -50,11 +52,9 @@ def calibration_batches(tokenizer, encoding, texts: list[str], input_names, batc
 
 def quantize(model, tokenizer, encoding, texts: list[str]):
     """The HF model as an int8 openvino.Model. NNCF's transformer scheme (SmoothQuant, fast bias
-    correction) with the performance preset (symmetric activations): on the quick run it agreed
-    with fp32 on 99.55 % of validation reviews, the mixed preset on 99.45 % and 11 % slower."""
-    import nncf
-
-    from handler.openvino_runtime import convert
+    correction) with the performance preset (symmetric activations), which kept fp32's answers
+    more often than the mixed preset (docs/EXPERIMENTS.md)."""
+    import nncf  # only here: importing it takes 3 s
     converted = convert(model, tokenizer)
     names = [port.get_any_name() for port in converted.inputs]
     batches = calibration_batches(tokenizer, encoding, texts, names)
@@ -83,10 +83,8 @@ def quantize_run(run_dir: Path, model, tokenizer, encoding, calibration_texts: l
     """Quantize, score `check_texts` with the int8 model through the serving runtime and keep
     its files in `run_dir` if it agrees with `fp32_probabilities` often enough and is about as
     accurate. The report."""
-    import openvino as ov
+    import openvino as ov  # only here, as in handler/openvino_runtime.py
 
-    from handler.runtime import load_runtime
-    from training.evaluate import score_texts
     started = time.perf_counter()
     quantized = quantize(model, tokenizer, encoding, calibration_texts)
     seconds = time.perf_counter() - started
@@ -94,7 +92,7 @@ def quantize_run(run_dir: Path, model, tokenizer, encoding, calibration_texts: l
     # checked as it will be served: the saved file, through the runtime factory
     ov.save_model(quantized, str(files[0]), compress_to_fp16=False)
     runtime = load_runtime(run_dir, "cpu", "int8", "openvino")
-    report = compare(score_texts(runtime, tokenizer, check_texts, encoding),
+    report = compare(score_texts(runtime, tokenizer, check_texts, encoding).probabilities(),
                      fp32_probabilities, check_labels)
     report.update(calibration_reviews=len(calibration_texts), quantize_s=round(seconds, 1),
                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
@@ -136,12 +134,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP,
                         help="validation accuracy int8 may lose (0.001 = 0.1 point)")
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    from handler.encoding import EncodingSettings
-    from handler.runtime import load_runtime
-    from training.data import DataError, load_reviews, take
-    from training.evaluate import score_texts
     if not (args.run_dir / "metrics.json").is_file():
         raise SystemExit(f"error: {args.run_dir} is not a finished run (no metrics.json)")
     if args.calibration_reviews < 1 or not 0 <= args.min_agreement <= 1 \
@@ -158,7 +150,7 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.run_dir)
     encoding = EncodingSettings.load(args.run_dir)
     runtime = load_runtime(args.run_dir, "cpu", "fp32")
-    fp32 = score_texts(runtime, tokenizer, check["text"], encoding)
+    fp32 = score_texts(runtime, tokenizer, check["text"], encoding).probabilities()
     report = quantize_run(args.run_dir, runtime.model, tokenizer, encoding,
                           list(calibration["text"]),
                           list(check["text"]), check["label"], fp32, args.min_agreement,
