@@ -24,7 +24,7 @@ def load_handler(run_dir, device="cpu", workers: int = 1, **settings):
 
 
 def load_predictor(run_dir, device="cpu", **settings):
-    """The handler's model core on `run_dir` (runtime, precision, encoding, temperature) as a
+    """The handler's model core on `run_dir` (runtime, precision, encoding, calibrator) as a
     worker builds it; `settings` is the handler section of model-config.yaml."""
     from handler.predictor import Predictor
     from handler.settings import HandlerSettings
