@@ -203,19 +203,21 @@ def make_int8(recipe: Recipe, output_dir: Path, model, tokenizer, encoding, data
     return report
 
 
-def set_reports(args, data: RunData, scores: dict[str, Scores]) -> dict:
-    """metrics.json's IMDB validation figures and its sst2_validation and short_reviews."""
-    validation = scores["validation"]
+def validation_figures(validation: Scores) -> dict:
+    """IMDB validation's figures, at the top of metrics.json; its loss before calibration."""
     figures = classification_metrics(validation.labels.tolist(), validation.predictions())
-    figures["eval_loss"] = nll(validation.probabilities(), validation.labels)  # before calibration
-    sst2 = scores.get("sst2_validation")
-    figures["sst2_validation"] = sst2 and {
-        "source": f"{args.short_data} (validation split)", "samples": len(sst2.labels),
-        **classification_metrics(sst2.labels.tolist(), sst2.predictions())}
-    short = scores.get("short_reviews")
-    figures["short_reviews"] = short and short_review_report(
-        data.reports["short_reviews"], short, args.short_reviews)
+    figures["eval_loss"] = nll(validation.probabilities(), validation.labels)
     return figures
+
+
+def short_set_figures(args, data: RunData, scores: dict[str, Scores]) -> dict:
+    """metrics.json's sst2_validation and short_reviews (None where the set is absent)."""
+    sst2, short = scores.get("sst2_validation"), scores.get("short_reviews")
+    return {"sst2_validation": sst2 and {
+                "source": f"{args.short_data} (validation split)", "samples": len(sst2.labels),
+                **classification_metrics(sst2.labels.tolist(), sst2.predictions())},
+            "short_reviews": short and short_review_report(
+                data.reports["short_reviews"], short, args.short_reviews)}
 
 
 def short_review_report(short_set, scores: Scores, path: Path) -> dict:
@@ -236,11 +238,10 @@ def library_versions() -> dict:
 
 
 def run_metrics(args, data: RunData, fitted: Fitted, model, encoding, calibration: dict,
-                figures: dict, int8: dict | None) -> dict:
+                reports: dict[str, Scores], int8: dict | None) -> dict:
     recipe = args.recipe
-    sets = {key: figures.pop(key) for key in ("sst2_validation", "short_reviews")}
     return {
-        **figures,  # IMDB validation: accuracy, f1, ..., eval_loss (before calibration)
+        **validation_figures(reports["validation"]),
         "train_time_s": round(fitted.seconds, 1),
         "train_samples_per_s": round(fitted.metrics["train_samples_per_second"], 2),
         "train_loss": fitted.metrics["train_loss"],
@@ -269,7 +270,7 @@ def run_metrics(args, data: RunData, fitted: Fitted, model, encoding, calibratio
         "augmentation": data.info["augmentation"],
         "short_data": data.info["short_data"],
         "calibration": calibration,
-        **sets,
+        **short_set_figures(args, data, reports),
         "int8": int8,
         "library_versions": library_versions(),
     }
@@ -316,7 +317,7 @@ def main(argv=None) -> dict:
                    **{key: calibration_report(scores, calibrator)
                       for key, scores in reports.items()}}
     metrics = run_metrics(args, data, fitted, fitted.trainer.model, encoding, calibration,
-                          set_reports(args, data, reports), int8)
+                          reports, int8)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print_summary(metrics, data, output_dir, calibrator)
     return metrics
