@@ -81,7 +81,7 @@ def serving_configs(default: str, quick: bool) -> list[dict]:
         ts_config(f"ts-{default}-d5", default, batch=16, delay=5, levels="ablation",
                   role="batchSize 16, maxBatchDelay 5 ms"),
         ts_config(f"ts-{default}-d10", default, batch=16, delay=10, levels="ablation",
-                  role="batchSize 16, maxBatchDelay 10 ms (the default until issue 24)"),
+                  role="batchSize 16, maxBatchDelay 10 ms (the earlier default)"),
         ts_config(f"ts-{default}-b32-d20", default, batch=32, delay=20, levels="ablation",
                   role="batchSize 32, maxBatchDelay 20 ms"),
         ts_config(f"ts-{default}-2x1", default, workers=2, threads=1, levels="ablation",

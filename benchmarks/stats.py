@@ -56,7 +56,7 @@ def get(entry: dict | None, key: str):
     return None if entry is None else entry.get(key)
 
 
-# issue 24's targets per workload, at concurrency 16: throughput against the seed-style server
+# the served targets per workload, at concurrency 16: throughput against the seed-style server
 # (none set for one-line reviews) and against the in-process limit; p99 against the seed's; and
 # the idle (concurrency 1) p50 against the in-process batch-1 p50 plus a margin
 TARGETS = {"long": {"vs_seed": 1.3, "vs_limit": 0.85}, "short": {"vs_seed": None, "vs_limit": 0.6}}
