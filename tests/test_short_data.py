@@ -7,16 +7,10 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset
 
-from tests.conftest import synthetic_reviews, train_tiny
+from tests.conftest import sst_style, synthetic_reviews, train_tiny
 from training.data import (FILE_SPLIT, NO_SHORT_DATA, REVIEWS, SHORT, SHORT_DATA_ENV,
                            DataError, default_short_data, load_labelled, normalize_ptb)
 from training.splits import mix_short, split_short
-
-
-def sst_style(frame: pd.DataFrame) -> pd.DataFrame:
-    """Synthetic reviews as SST publishes text: lowercased, "it 's", space before the period."""
-    text = "it 's " + frame["text"].str.lower().str.rstrip(".") + " , is n't it ."
-    return pd.DataFrame({"text": text, "label": frame["label"]})
 
 
 @pytest.fixture(scope="module")

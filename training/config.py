@@ -81,6 +81,14 @@ class Recipe:
                 "one-line reviews do")
     calibrator: str = setting("temperature", "how logits become probabilities "
                                              "(handler/calibration.py)", choices=list(CALIBRATORS))
+    # distillation from the teacher's soft labels (training/distill.py, training/teacher.py)
+    soft_labels: str | None = setting(
+        None, "the teacher's soft labels to distil from, a parquet file made by "
+              "`python -m training.teacher` (none: plain fine-tuning on the hard labels)")
+    distill_alpha: float = setting(0.5, "the soft labels' share of the loss where a text has both")
+    distill_temperature: float = setting(2.0, "the temperature both logits are softened by")
+    transfer_samples: int = setting(0, "pieces of IMDB reviews labelled by the teacher alone "
+                                       "(soft labels only) mixed into training")
     # int8 for the OpenVINO CPU runtime (training/quantize.py)
     int8: bool = setting(True, "quantize the trained model to int8 and keep it if it passes")
     int8_min_agreement: float = setting(0.995, "keep it only if it gives fp32's label to at "
@@ -97,6 +105,10 @@ PRESETS = {
     "quick": Recipe(max_train_samples=1200, max_eval_samples=2000, excerpts_per_review=3.0,
                     excerpt_reviews=6000, short_samples=38000, freeze_word_embeddings=True,
                     freeze_layers=1, hidden_dropout=0.0),
+    # the teacher (training/teacher.py, all-mpnet-base-v2): SST-2 phrases only, no reviews; 128
+    # tokens when it scores IMDB reviews
+    "teacher": Recipe(max_train_samples=0, augment="none", excerpts_per_review=0.0,
+                      max_length=128, learning_rate=3e-5, batch_size=32, int8=False),
 }
 DEFAULT_PRESET = "quick"
 
@@ -145,6 +157,9 @@ def problems(recipe: Recipe) -> list[str]:
         (recipe.short_samples is None or recipe.short_samples >= 0,
          "--short-samples must be >= 0"),
         (recipe.short_min_words >= 1, "--short-min-words must be >= 1"),
+        (0 <= recipe.distill_alpha <= 1, "--distill-alpha must be between 0 and 1"),
+        (recipe.distill_temperature > 0, "--distill-temperature must be > 0"),
+        (recipe.transfer_samples >= 0, "--transfer-samples must be >= 0"),
         (0 <= recipe.attention_dropout < 1, "--attention-dropout must be >= 0 and < 1"),
         (recipe.hidden_dropout is None or 0 <= recipe.hidden_dropout < 1,
          "--hidden-dropout must be >= 0 and < 1"),

@@ -4,6 +4,7 @@ progress lines where no terminal shows tqdm's bar and the loss curves drawn afte
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from handler.cpus import auto_cpu_precision
 from handler.encoding import encode_reviews
 from training.config import Recipe
+from training.distill import DistillingTrainer
 from training.scoring import classification_metrics
 
 # one fused kernel per parameter group and step instead of a loop of small ones (on a GPU the
@@ -61,8 +63,9 @@ def encode_for_training(tokenizer, encoding, train_rows, validation, epochs: flo
 
 
 def training_arguments(recipe: Recipe, output_dir: Path, precision: str,
-                       train_size: int) -> TrainingArguments:
+                       train_size: int, distilling: bool = False) -> TrainingArguments:
     return TrainingArguments(
+        remove_unused_columns=not distilling,  # the soft labels reach compute_loss
         output_dir=str(output_dir / "checkpoints"),
         learning_rate=recipe.learning_rate,
         num_train_epochs=recipe.epochs,
@@ -93,8 +96,11 @@ def fit(model, tokenizer, encoding, train_rows, validation, recipe: Recipe, outp
     train, evaluation = encode_for_training(tokenizer, encoding, train_rows, validation,
                                             recipe.epochs)
     precision = pick_precision(recipe.precision)
-    arguments = training_arguments(recipe, output_dir, precision, len(train))
-    trainer = Trainer(
+    distilling = "teacher_logits" in train.column_names
+    arguments = training_arguments(recipe, output_dir, precision, len(train), distilling)
+    trainer_class = partial(DistillingTrainer, alpha=recipe.distill_alpha,
+                            temperature=recipe.distill_temperature) if distilling else Trainer
+    trainer = trainer_class(
         model=model, args=arguments, train_dataset=train, eval_dataset=evaluation,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda pred: classification_metrics(pred.label_ids,

@@ -69,6 +69,13 @@ def data_section(metrics: dict) -> list[str]:
         lines.append(f"- Short texts: {short['train_texts']} phrases and sentences of SST-2 "
                      f"(`{short.get('source', 'n/a')}`, Socher et al. 2013, Rotten Tomatoes "
                      f"reviews), {short.get('drawn', '')}; {short.get('text', '')}.")
+    distilled = metrics.get("distillation")
+    if distilled:
+        lines.append(f"- Distilled from a teacher's soft labels (`{distilled['file']}`, "
+                     f"alpha {distilled['alpha']}, temperature {distilled['temperature']}): "
+                     f"{distilled['soft_labelled']} training texts carry them, and "
+                     f"{distilled['transfer_pieces']} pieces of IMDB train reviews have only "
+                     "them.")
     return lines + [""]
 
 

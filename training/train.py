@@ -7,6 +7,8 @@ curves.png and reliability.png.
 The run, stage by stage (`main` calls them in this order):
     data        reviews, excerpts of them (training/augment.py) and SST-2 phrases to train on;
                 held-out texts to calibrate and to report on (training/data.py, splits.py)
+    distil      the teacher's soft labels on those texts, and transfer pieces labelled by it
+                alone, where the recipe names a soft-label file (training/distill.py)
     base model  the encoder with a new two-class head (training/model.py)
     fit         the Hugging Face Trainer (training/fit.py)
     score       every held-out set, exactly as served (training/scoring.py)
@@ -18,7 +20,7 @@ The run, stage by stage (`main` calls them in this order):
 """
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -38,6 +40,7 @@ from training.calibration import calibration_report, nll, reliability_diagram
 from training.config import REPO, SHORT_REVIEWS, Recipe, parse_args
 from training.data import (FILE_SPLIT, NO_SHORT_DATA, SHORT, SHORT_DATA_ENV, DataError,
                            load_labelled, load_reviews, take)
+from training.distill import distil_as
 from training.fit import OPTIMIZER, Fitted, fit, plot_curves
 from training.model import (ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS, config_value,
                             default_base_model, freeze_bottom, load_base)
@@ -58,6 +61,7 @@ class RunData:
     calibration_reviews: Dataset | None  # the reviews among them
     reports: dict                 # REPORT_SETS key -> labelled texts (absent: not available)
     info: dict                    # how the data was drawn, for metrics.json
+    short_train: Dataset | None = None  # the short-corpus phrases among the training texts
 
 
 def check_output_dir(path: Path) -> None:
@@ -142,7 +146,20 @@ def load_data(args) -> RunData:
     return RunData(train, reviews, calibration, held_out,
                    {key: value for key, value in reports.items() if value is not None},
                    {"validation_split": described["validation"], "fitted_on": fitted_on,
-                    "augmentation": augmentation, "short_data": short_info})
+                    "augmentation": augmentation, "short_data": short_info}, short_train)
+
+
+def distil(recipe: Recipe, data: RunData) -> RunData:
+    """The training texts with the teacher's soft labels and transfer pieces; as they were
+    without a soft-label file in the recipe."""
+    if recipe.soft_labels is None:
+        return data
+    held_out = list(data.reports["validation"]["text"])
+    if data.calibration_reviews is not None:
+        held_out += list(data.calibration_reviews["text"])
+    short = [] if data.short_train is None else list(data.short_train["text"])
+    train, info = distil_as(recipe, data.train, short, held_out)
+    return replace(data, train=train, info={**data.info, "distillation": info})
 
 
 def load_model(base_model: str, recipe: Recipe):
@@ -269,6 +286,7 @@ def run_metrics(args, data: RunData, fitted: Fitted, model, encoding, calibratio
                         "validation": len(data.reports["validation"])},
         "augmentation": data.info["augmentation"],
         "short_data": data.info["short_data"],
+        "distillation": data.info.get("distillation"),
         "calibration": calibration,
         **short_set_figures(args, data, reports),
         "int8": int8,
@@ -300,7 +318,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     recipe, output_dir = args.recipe, Path(args.output_dir)
     check_output_dir(output_dir)
-    data = load_data(args)
+    data = distil(recipe, load_data(args))
     tokenizer, model = load_model(args.base_model or default_base_model(), recipe)
     encoding = EncodingSettings(max_length=recipe.max_length)
     fitted = fit(model, tokenizer, encoding, data.train, data.reports["validation"], recipe,
