@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO, sst_style, synthetic_reviews, train_tiny
 from training import teacher
-from training.config import PRESETS
-from training.distill import NO_LABEL, distillation_loss, with_soft_labels
+from training.distill import NO_LABEL, distillation_loss, soft_label_file, with_soft_labels
 from training.model_card import render
 from training.soft_labels import (SST2_TRAIN, TRANSFER, SoftLabelError, SoftLabels,
                                   provenance_path, review_digest, teacher_logits_for)
@@ -115,14 +114,17 @@ def test_the_teacher_command_without_its_extra_names_the_install(monkeypatch, tm
         teacher.main(["--output-dir", str(tmp_path / "teacher")])
 
 
-def test_the_quick_preset_finds_the_committed_file_and_without_it_says_how_to_make_it(
-        tiny_base_model, reviews_dir, sst_dir, tmp_path):
-    committed = REPO / PRESETS["quick"].soft_labels
+def test_the_committed_file_is_found_from_anywhere_and_a_missing_one_says_how_to_make_it(
+        tiny_base_model, reviews_dir, sst_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative name means the repository's file
+    committed = soft_label_file("data/teacher/soft_labels.parquet")
+    assert committed == teacher.SOFT_LABELS and committed.stat().st_size <= 20e6
     labels = SoftLabels.load(committed)
     provenance = json.loads(provenance_path(committed).read_text())
     assert provenance["sha256"] == hashlib.sha256(committed.read_bytes()).hexdigest()
-    assert len(labels.texts) == sum(provenance["rows"].values()) > 40000
-    assert committed.stat().st_size <= 20e6
+    assert provenance["rows"] == {kind: labels.kinds.count(kind) for kind in (SST2_TRAIN, TRANSFER)}
+    assert provenance["rows"][SST2_TRAIN] > 50000 and provenance["rows"][TRANSFER] > 10000
+    assert provenance["scores"]["sst2_validation"] > 0.93 and "machine" in provenance
     with pytest.raises(SystemExit, match="make teacher"):
         train_tiny(tiny_base_model, reviews_dir, tmp_path / "run", "--short-data", str(sst_dir),
                    "--soft-labels", str(tmp_path / "missing.parquet"))
