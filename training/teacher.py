@@ -179,12 +179,22 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {' '.join(flags)}"
 
 
+def described_base(base_model: str | None) -> str:
+    """The teacher's base model in words: the PyPI parts and their version, or the name of the
+    --base-model directory (never its path)."""
+    if base_model:
+        return f"{Path(base_model).name} (--base-model)"
+    try:
+        version = importlib.metadata.version(PARTS[0])
+    except importlib.metadata.PackageNotFoundError:
+        version = "(parts no longer installed)"
+    return f"{TEACHER} (PyPI {PARTS[0]}..{PARTS[-1][-3:]} {version})"
+
+
 def provenance(args, run_dir: Path, started: float) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    versions = {name: importlib.metadata.version(name) for name in PARTS[:1]}
     return {
-        "teacher": f"{TEACHER} (PyPI {PARTS[0]}..{PARTS[-1][-3:]} {versions[PARTS[0]]}), "
-                   f"fine-tuned by the teacher preset",
+        "teacher": f"{described_base(args.base_model)}, fine-tuned by the teacher preset",
         "model_sha256": hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest(),
         "scores": {"sst2_validation": (metrics.get("sst2_validation") or {}).get("accuracy"),
                    "imdb_validation": metrics.get("accuracy"),
