@@ -17,7 +17,6 @@ from training.config import REPO, Recipe
 from training.soft_labels import SoftLabelError, SoftLabels, review_digest, teacher_logits_for
 
 NO_LABEL = -100  # cross_entropy's ignore_index: a transfer piece has no hard label
-SOFT_COLUMNS = ["teacher_logits", "has_teacher"]
 FEATURES = Features(text=Value("string"), label=Value("int64"),
                     teacher_logits=Sequence(Value("float32"), length=2), has_teacher=Value("bool"))
 
@@ -58,7 +57,7 @@ class DistillingTrainer(Trainer):
 
 def with_soft_labels(train_rows: Dataset, short_texts: list[str], labels: SoftLabels, path,
                      held_out_reviews: list[str], transfer_samples: int, seed: int):
-    """(training rows with teacher_logits / has_teacher, what was added, in words): every text
+    """(training rows with teacher_logits / has_teacher, what was added, in counts): every text
     the file labels gets the teacher's logits, and `transfer_samples` transfer pieces (soft
     labels only) are mixed in, none cut from `held_out_reviews` (validation, calibration).
     SoftLabelError when the file labels too few of `short_texts`: it was made for other texts."""
@@ -76,8 +75,7 @@ def with_soft_labels(train_rows: Dataset, short_texts: list[str], labels: SoftLa
              "teacher_logits": transfer_logits[order].tolist(),
              "has_teacher": [True] * len(order)}, features=FEATURES)
         rows = concatenate_datasets([rows, transfer]).shuffle(seed=seed)
-    return rows, {"file": str(path), "soft_labelled": int(found.sum()),
-                  "transfer_pieces": int(len(order)),
+    return rows, {"soft_labelled": int(found.sum()), "transfer_pieces": int(len(order)),
                   "transfer_available": len(texts)}
 
 

@@ -205,9 +205,10 @@ def provenance(args, run_dir: Path, started: float) -> dict:
                       f"{metrics['epochs']} epoch(s), lr {metrics['learning_rate']}, "
                       f"batch {metrics['batch_size']}, {metrics['mixed_precision']}",
         "train_time_s": metrics["train_time_s"],
-        "labelled": f"every SST-2 train phrase (typed) of >= {args.min_words} words, and one piece (last / first sentences or "
-                    f"a window) of each of {args.transfer_reviews} IMDB train reviews drawn with "
-                    "seed 0; none equal to an SST-2 validation sentence or a short review",
+        "labelled": f"every SST-2 train phrase (typed) of >= {args.min_words} words, and one "
+                    "piece (last / first sentences or a window) of each of "
+                    f"{args.transfer_reviews} IMDB train reviews drawn with seed 0; none equal "
+                    "to an SST-2 validation sentence or a short review",
         "label_time_s": round(time.perf_counter() - started, 1),
         "machine": machine(),
         "command": "python -m training.teacher " + " ".join(
